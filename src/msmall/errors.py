@@ -1,0 +1,48 @@
+"""The one error type that crosses into the CLI, with a stable exit code per kind.
+
+The CLI prints ``message`` and, when present, ``fix`` on a second line; nothing else.
+"""
+
+from __future__ import annotations
+
+
+class MsmallError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return self.message if not self.fix else f"{self.message}\n{self.fix}"
+
+
+class ConfigError(MsmallError):
+    """Bad profile, bad option, bad value: the user's input is wrong."""
+
+    exit_code = 2
+
+
+class EnvironmentProblem(MsmallError):
+    """This machine cannot do it: no GPU, old driver, port taken, not enough memory."""
+
+    exit_code = 3
+
+
+class EngineUnavailable(MsmallError):
+    """The engine (vllm, ollama, docker daemon) is missing or failed to start."""
+
+    exit_code = 4
+
+
+class EndpointUnhealthy(MsmallError):
+    """The server answered but does not serve correctly (chat, tools, vision)."""
+
+    exit_code = 5
+
+
+class Interrupted(MsmallError):
+    """Ctrl-C or SIGTERM; everything started has been stopped."""
+
+    exit_code = 130

@@ -1,0 +1,374 @@
+"""Profiles: what hardware, which model variant, how to serve it.
+
+A profile is YAML validated by pydantic (unknown keys rejected). Profiles come from three places,
+searched in this order: an explicit path, the user config dir, the ones shipped with msmall.
+``extends: NAME`` inherits another profile and overrides it key by key; ``--set key=value``
+overrides single settings on the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from msmall import model as m
+from msmall import paths
+from msmall.errors import ConfigError
+
+Backend = Literal["ollama", "vllm", "docker", "simulator"]
+BACKENDS: tuple[str, ...] = ("ollama", "vllm", "docker", "simulator")
+
+# Port each engine listens on by default.
+DEFAULT_PORTS = {"ollama": 11434, "vllm": 8000, "docker": 8000, "simulator": 8000}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Hardware(_Strict):
+    gpu_count: int = Field(1, ge=0, le=64, description="GPUs the profile needs")
+    min_vram_gib: float = Field(0, ge=0, description="minimum memory per GPU")
+    min_cuda: str | None = Field(None, description="minimum CUDA driver version, e.g. '12.1'")
+    min_ram_gib: float = Field(0, ge=0)
+    min_disk_gib: float = Field(0, ge=0, description="free disk for the weights")
+
+    @field_validator("min_cuda", mode="before")
+    @classmethod
+    def _cuda(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        v = str(v)
+        if not re.fullmatch(r"\d+\.\d+", v):
+            raise ValueError("must look like '12.1'")
+        return v
+
+
+class ModelVariant(_Strict):
+    ollama_tag: str = m.OLLAMA_TAG_Q4
+    hf_repo: str = m.HF_REPO_BF16
+    # "mistral": the repo ships consolidated.safetensors + params.json + tekken.json, so vLLM gets the
+    # Mistral format flags. "hf": HF shards only (every RedHatAI quantized repo); the Mistral load and
+    # config formats would find no weights there.
+    hf_format: Literal["mistral", "hf"] = "mistral"
+    # Weight precision of hf_repo, used by the memory-fit model.
+    weights: Literal["bf16", "fp8", "w4a16", "awq"] = "bf16"
+
+
+class Serving(_Strict):
+    max_model_len: int | Literal["auto"] = 32768
+    gpu_memory_utilization: float = 0.92
+    tensor_parallel_size: int = 1
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    max_num_seqs: int = Field(16, ge=1, le=4096)
+    vision: bool = True
+    images_per_prompt: int = 4
+    tools: bool = True
+    served_model_name: str = "mistral-small-3.1"
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535, description="default: the backend's own")
+    extra_args: list[str] = Field(default_factory=list, description="more vLLM flags, checked")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for the server")
+
+    @field_validator("max_model_len", mode="before")
+    @classmethod
+    def _max_len(cls, v: Any) -> Any:
+        # vLLM's own spelling: 32k = 32000, 32K = 32768.
+        if isinstance(v, str):
+            s = v.strip()
+            if s.lower() == "auto" or s == "-1":
+                return "auto"
+            mult = {"k": 1000, "K": 1024}.get(s[-1:])
+            if mult and s[:-1].isdigit():
+                return int(s[:-1]) * mult
+            if s.isdigit():
+                return int(s)
+            raise ValueError("must be a number of tokens (32768, 32k, 32K) or 'auto'")
+        return v
+
+    @field_validator("max_model_len")
+    @classmethod
+    def _max_len_range(cls, v: Any) -> Any:
+        if isinstance(v, int) and not (256 <= v <= m.MAX_CONTEXT):
+            raise ValueError(
+                f"must be between 256 and {m.MAX_CONTEXT} (the model's trained context)"
+            )
+        return v
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _util(cls, v: float) -> float:
+        if not (0 < v <= 1):
+            raise ValueError("must be in (0, 1], e.g. 0.92")
+        return v
+
+    @field_validator("tensor_parallel_size")
+    @classmethod
+    def _tp(cls, v: int) -> int:
+        if v not in m.VALID_TENSOR_PARALLEL:
+            raise ValueError(
+                f"must divide the model's {m.NUM_KV_HEADS} KV heads: one of "
+                + ", ".join(map(str, m.VALID_TENSOR_PARALLEL))
+            )
+        return v
+
+    @field_validator("images_per_prompt")
+    @classmethod
+    def _images(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be 0 or more")
+        return v
+
+
+class Profile(_Strict):
+    name: str
+    description: str = ""
+    extends: str | None = None
+    backend: Backend = "vllm"
+    hardware: Hardware = Field(default_factory=Hardware)
+    model: ModelVariant = Field(default_factory=ModelVariant)
+    serving: Serving = Field(default_factory=Serving)
+    # Where the profile came from; not part of the YAML.
+    source: str = Field("", exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        hw, sv = self.hardware, self.serving
+        if hw.gpu_count and sv.tensor_parallel_size > hw.gpu_count:
+            raise ValueError(
+                f"serving.tensor_parallel_size {sv.tensor_parallel_size} needs more GPUs than "
+                f"hardware.gpu_count {hw.gpu_count}"
+            )
+        return self
+
+    def port_for(self, backend: str) -> int:
+        return self.serving.port or DEFAULT_PORTS[backend]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML mapping to its 1-based line, for error messages."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                path = (*prefix, str(key.value))
+                lines[path] = key.start_mark.line + 1
+                walk(value, path)
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"profile file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read profile {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"{where}: malformed YAML: {problem}",
+            "Fix the YAML syntax (indentation, quotes, ':' after each key).",
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a profile must be a YAML mapping of keys, not {type(data).__name__}",
+            "Start from `msmall profiles show 4090-q4` and edit it.",
+        )
+    return data, _yaml_lines(text)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_validation(exc: ValidationError, where: str, lines: dict[tuple[str, ...], int]) -> str:
+    err = exc.errors()[0]
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) or "profile"
+    line = lines.get(loc)
+    place = f"{where}:{line}" if line else where
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{place}: unknown key '{key}'"
+    if kind == "missing":
+        return f"{place}: missing key '{key}'"
+    msg = err["msg"]
+    msg = re.sub(r"^Value error, ", "", msg)
+    if kind == "literal_error":
+        return f"{place}: '{key}' {msg[0].lower()}{msg[1:]} (got {err.get('input')!r})"
+    extra = "" if len(exc.errors()) == 1 else f" (and {len(exc.errors()) - 1} more)"
+    return f"{place}: '{key}' {msg[0].lower()}{msg[1:]}{extra}" if loc else f"{place}: {msg}"
+
+
+def _known_profile_files() -> dict[str, Path]:
+    """Name -> file, user profiles shadowing built-in ones."""
+    found: dict[str, Path] = {}
+    for folder in (paths.builtin_profiles_dir(), paths.user_profiles_dir()):
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
+                found[f.stem] = f
+    return found
+
+
+def profile_names() -> list[str]:
+    return sorted(_known_profile_files())
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml")) or "/" in ref or ref.startswith(".")
+
+
+def _locate(ref: str, relative_to: Path | None = None) -> Path:
+    if _looks_like_path(ref):
+        p = Path(ref).expanduser()
+        if not p.is_absolute() and relative_to is not None and not p.exists():
+            p = relative_to / p
+        return p
+    known = _known_profile_files()
+    if ref in known:
+        return known[ref]
+    names = sorted(known)
+    close = difflib.get_close_matches(ref, names, n=1, cutoff=0.4)
+    hint = f"Did you mean '{close[0]}'? " if close else ""
+    raise ConfigError(
+        f"unknown profile '{ref}'. Known profiles: {', '.join(names)}",
+        f"{hint}Or pass a file: --profile ./my-profile.yaml",
+    )
+
+
+def _load_raw(ref: str, relative_to: Path | None, chain: tuple[str, ...]) -> dict[str, Any]:
+    path = _locate(ref, relative_to)
+    key = str(path.resolve()) if path.exists() else str(path)
+    if key in chain:
+        raise ConfigError(f"{path}: 'extends' makes a cycle: {' -> '.join([*chain, key])}")
+    data, lines = _read_yaml(path)
+    data.setdefault("name", path.stem)
+    parent_ref = data.get("extends")
+    if parent_ref is not None:
+        if not isinstance(parent_ref, str):
+            raise ConfigError(f"{path}: 'extends' must be a profile name or a file path")
+        parent = _load_raw(parent_ref, path.parent, (*chain, key))
+        parent.pop("description", None)
+        parent.pop("_lines", None)
+        data = _deep_merge(parent, data)
+    data["_source"] = str(path)
+    data["_lines"] = lines
+    return data
+
+
+def _validate(data: dict[str, Any]) -> Profile:
+    data = dict(data)
+    source = data.pop("_source", "<profile>")
+    lines = data.pop("_lines", {})
+    try:
+        prof = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            _format_validation(exc, source, lines),
+            "See `msmall profiles show 4090-q4` for a valid profile.",
+        ) from None
+    prof.source = source
+    return prof
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``["max_model_len=16384", "serving.vision=false"]`` -> nested override dict."""
+    section_of = {
+        name: section
+        for section, model_cls in (("hardware", Hardware), ("model", ModelVariant), ("serving", Serving))
+        for name in model_cls.model_fields
+    }
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"--set expects key=value, got '{item}'", "Example: --set max_model_len=16384"
+            )
+        parts = key.split(".")
+        if len(parts) == 1:
+            if key in Profile.model_fields and key not in ("hardware", "model", "serving"):
+                parts = [key]
+            elif key in section_of:
+                parts = [section_of[key], key]
+            else:
+                close = difflib.get_close_matches(key, list(section_of), n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"--set: unknown setting '{key}'.{hint}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        # "32k" and friends stay strings; YAML turns "1e3" into a str too, pydantic decides.
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set: '{key}' conflicts with another --set")
+        node[parts[-1]] = value
+    return out
+
+
+def load_profile(ref: str, overrides: dict[str, Any] | None = None) -> Profile:
+    """Load a profile by name or path, resolve ``extends`` and apply ``--set`` overrides."""
+    data = _load_raw(ref, None, ())
+    if overrides:
+        lines = data.pop("_lines", {})
+        source = data.pop("_source")
+        data = _deep_merge(data, overrides)
+        data["_source"] = f"{source} (with --set)"
+        data["_lines"] = {}
+        del lines
+    return _validate(data)
+
+
+def load_all() -> list[Profile | ConfigError]:
+    """Every known profile; a broken user profile comes back as its error, not a crash."""
+    out: list[Profile | ConfigError] = []
+    for name in profile_names():
+        try:
+            out.append(load_profile(name))
+        except ConfigError as exc:
+            out.append(exc)
+    return out
+
+
+def validate_file(path: str) -> Profile:
+    return load_profile(path if _looks_like_path(path) else f"./{path}")
+
+
+def profile_to_dict(prof: Profile) -> dict[str, Any]:
+    data = prof.model_dump(mode="json", exclude={"extends"})
+    data["source"] = prof.source
+    return data
