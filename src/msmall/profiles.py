@@ -66,6 +66,8 @@ class Serving(_Strict):
     tensor_parallel_size: int = 1
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
     max_num_seqs: int = Field(16, ge=1, le=4096)
+    # Ollama gives every parallel slot a full context of KV cache, so it has its own, smaller knob.
+    ollama_num_parallel: int = Field(1, ge=1, le=64)
     vision: bool = True
     images_per_prompt: int = 4
     tools: bool = True
@@ -73,7 +75,9 @@ class Serving(_Strict):
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535, description="default: the backend's own")
     extra_args: list[str] = Field(default_factory=list, description="more vLLM flags, checked")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment for the server")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="extra environment for the server"
+    )
 
     @field_validator("max_model_len", mode="before")
     @classmethod
@@ -305,7 +309,11 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     """``["max_model_len=16384", "serving.vision=false"]`` -> nested override dict."""
     section_of = {
         name: section
-        for section, model_cls in (("hardware", Hardware), ("model", ModelVariant), ("serving", Serving))
+        for section, model_cls in (
+            ("hardware", Hardware),
+            ("model", ModelVariant),
+            ("serving", Serving),
+        )
         for name in model_cls.model_fields
     }
     out: dict[str, Any] = {}

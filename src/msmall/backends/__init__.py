@@ -1,0 +1,69 @@
+"""One module per backend; each turns a Profile into a LaunchPlan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from msmall.errors import ConfigError
+from msmall.plan import LaunchPlan
+from msmall.profiles import BACKENDS, Profile
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass
+class PlanOptions:
+    backend: str | None = None  # None: the profile's default
+    host: str | None = None
+    port: int | None = None
+    vllm_version: str | None = None
+    api_key: str | None = None
+    deployment: str | None = None
+    # Host driver major version, when known (Docker picks the -cu129 image below R580).
+    driver_major: int | None = None
+    # Let the plan detect the installed vllm when no --vllm-version is given.
+    detect_installed: bool = True
+
+
+def resolve_backend(profile: Profile, options: PlanOptions) -> str:
+    backend = options.backend or profile.backend
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{backend}'", f"Choose one of: {', '.join(BACKENDS)}")
+    return backend
+
+
+def check_exposure(host: str, api_key: str | None, backend: str) -> list[str]:
+    """Binding beyond loopback is an explicit choice and must come with a key where possible."""
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return []
+    if backend == "ollama":
+        return [
+            f"Ollama has no authentication: anyone who can reach {host} can use this server. "
+            "Put it behind a reverse proxy with a key, or keep --host 127.0.0.1."
+        ]
+    if not api_key:
+        raise ConfigError(
+            f"--host {host} exposes the server beyond this machine without an API key",
+            "Pass --api-key (or set MSMALL_API_KEY), or keep the default --host 127.0.0.1.",
+        )
+    return []
+
+
+def build_plan(profile: Profile, options: PlanOptions | None = None) -> LaunchPlan:
+    options = options or PlanOptions()
+    backend = resolve_backend(profile, options)
+    if backend == "ollama":
+        from msmall.backends.ollama import plan_ollama
+
+        return plan_ollama(profile, options)
+    if backend == "vllm":
+        from msmall.backends.vllm import plan_vllm
+
+        return plan_vllm(profile, options)
+    if backend == "docker":
+        from msmall.backends.docker import plan_docker
+
+        return plan_docker(profile, options)
+    from msmall.backends.simulator import plan_simulator
+
+    return plan_simulator(profile, options)

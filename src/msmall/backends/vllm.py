@@ -1,0 +1,88 @@
+"""vLLM: `vllm serve MODEL` with exactly the flags this model and this vLLM version need."""
+
+from __future__ import annotations
+
+from msmall import engines
+from msmall.backends import PlanOptions, check_exposure
+from msmall.errors import ConfigError
+from msmall.plan import LaunchPlan
+from msmall.profiles import Profile
+
+
+def target_vllm_version(options: PlanOptions, use_installed: bool = True) -> str:
+    if options.vllm_version:
+        return engines.check_vllm_version(options.vllm_version)
+    if use_installed and options.detect_installed:
+        installed = engines.installed_vllm_version()
+        if installed:
+            return engines.check_vllm_version(installed)
+    return engines.VLLM_LATEST
+
+
+def vllm_flags(profile: Profile, version: str, host: str, port: int) -> list[str]:
+    """The flags after the model, shared by `vllm serve` and the Docker image's command."""
+    sv = profile.serving
+    flags = ["--served-model-name", sv.served_model_name, "--host", host, "--port", str(port)]
+    if profile.model.hf_format == "mistral":
+        # Mistral-native repo: read consolidated.safetensors/params.json/tekken.json. Never for
+        # HF-only repos (every quantized RedHatAI build): vLLM would find no weights there.
+        flags += [
+            "--tokenizer-mode", "mistral",
+            "--config-format", "mistral",
+            "--load-format", "mistral",
+        ]  # fmt: skip
+    max_len = sv.max_model_len
+    if max_len == "auto" and not engines.at_least(version, engines.VLLM_MAX_LEN_AUTO_FROM):
+        raise ConfigError(
+            f"max_model_len=auto needs vLLM {engines.VLLM_MAX_LEN_AUTO_FROM}+ (target: {version})",
+            "Give a number, e.g. --set max_model_len=32768, or run `msmall serve` where GPUs "
+            "are visible so msmall picks the largest context that fits.",
+        )
+    flags += [
+        "--max-model-len", str(max_len),
+        "--gpu-memory-utilization", f"{sv.gpu_memory_utilization:g}",
+        "--tensor-parallel-size", str(sv.tensor_parallel_size),
+        "--max-num-seqs", str(sv.max_num_seqs),
+    ]  # fmt: skip
+    if sv.kv_cache_dtype != "auto":
+        flags += ["--kv-cache-dtype", sv.kv_cache_dtype]
+    images = sv.images_per_prompt if sv.vision else 0
+    flags += ["--limit-mm-per-prompt", engines.limit_mm_per_prompt(version, images)]
+    if sv.tools:
+        # Without both, tool calls come back as plain text in `content`.
+        flags += ["--tool-call-parser", "mistral", "--enable-auto-tool-choice"]
+    engines.check_extra_args(sv.extra_args, version)
+    flags += sv.extra_args
+    return flags
+
+
+def secret_env(api_key: str | None) -> dict[str, str]:
+    # The key goes in the environment, not argv, so `ps` on the machine never shows it.
+    return {"VLLM_API_KEY": api_key} if api_key else {}
+
+
+def plan_vllm(profile: Profile, options: PlanOptions) -> LaunchPlan:
+    version = target_vllm_version(options)
+    host = options.host or profile.serving.host
+    port = options.port or profile.port_for("vllm")
+    warnings = check_exposure(host, options.api_key, "vllm")
+    model = profile.model.hf_repo
+    argv = ["vllm", "serve", model, *vllm_flags(profile, version, host, port)]
+    connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return LaunchPlan(
+        profile=profile.name,
+        backend="vllm",
+        deployment=options.deployment or profile.name,
+        argv=argv,
+        env={**profile.serving.env, **secret_env(options.api_key)},
+        base_url=f"http://{connect}:{port}",
+        served_model_name=profile.serving.served_model_name,
+        flavor="vllm",
+        engine_version=version,
+        vision=profile.serving.vision,
+        images_per_prompt=profile.serving.images_per_prompt if profile.serving.vision else 0,
+        tools=profile.serving.tools,
+        max_model_len=profile.serving.max_model_len,
+        api_key=options.api_key,
+        warnings=warnings,
+    )

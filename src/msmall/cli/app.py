@@ -1,0 +1,67 @@
+"""The `msmall` command. Sub-commands live in one module per group and import the core lazily,
+so `msmall --help` costs little more than Typer itself."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from msmall import __version__
+from msmall.cli import health as health_cmd
+from msmall.cli import profiles as profiles_cmd
+from msmall.cli import serve as serve_cmd
+
+app = typer.Typer(
+    name="msmall",
+    help="Run Mistral Small 3.1 on your own GPUs (Ollama, vLLM, Docker) and prove the endpoint "
+    "serves chat, tool calls and images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    # Plain help: rich-formatted help imports ~50 ms of rich modules on every `--help`.
+    rich_markup_mode=None,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(profiles_cmd.app, name="profiles")
+serve_cmd.register(app)
+health_cmd.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"msmall {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    if debug:
+        os.environ["MSMALL_DEBUG"] = "1"
+
+
+def main() -> None:
+    from msmall.errors import MsmallError
+
+    try:
+        app()
+    except MsmallError as exc:
+        if os.environ.get("MSMALL_DEBUG"):
+            raise
+        from rich.text import Text
+
+        from msmall.cli.output import err
+
+        # Text, not markup: messages quote engine output such as `[[gpu]]`.
+        err().print(Text.assemble(("error: ", "bold red"), exc.message))
+        if exc.fix:
+            err().print(Text("  " + exc.fix))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

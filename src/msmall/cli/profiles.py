@@ -1,0 +1,81 @@
+"""`msmall profiles list|show|validate`."""
+
+from __future__ import annotations
+
+import typer
+
+from msmall.cli.output import out, print_json
+
+app = typer.Typer(help="List, show and validate hardware profiles.", no_args_is_help=True)
+
+JSON_OPT = typer.Option(False, "--json", help="Print JSON.")
+
+
+@app.command("list")
+def list_profiles(as_json: bool = JSON_OPT) -> None:
+    """List the shipped profiles and your own (user config dir)."""
+    from msmall.errors import ConfigError
+    from msmall.profiles import load_all, profile_to_dict
+
+    loaded = load_all()
+    if as_json:
+        print_json(
+            [
+                profile_to_dict(p) if not isinstance(p, ConfigError) else {"error": str(p)}
+                for p in loaded
+            ]
+        )
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("profile", "backend", "needs", "weights", "context", "vision", "tools"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("about", overflow="fold", ratio=1)
+    for p in loaded:
+        if isinstance(p, ConfigError):
+            table.add_row("[red]broken[/]", "", "", "", "", "", "", str(p))
+            continue
+        hw, sv = p.hardware, p.serving
+        table.add_row(
+            p.name,
+            p.backend,
+            f"{hw.gpu_count} GPU x {hw.min_vram_gib:g} GiB" if hw.gpu_count else "no GPU",
+            p.model.weights if p.backend != "ollama" else p.model.ollama_tag.rsplit("-", 1)[-1],
+            str(sv.max_model_len),
+            f"{sv.images_per_prompt}/prompt" if sv.vision else "off",
+            "on" if sv.tools else "off",
+            p.description.split(". ")[0].split(": ")[0],
+        )
+    out().print(table)
+
+
+@app.command("show")
+def show(
+    name: str = typer.Argument(..., help="Profile name or path to a YAML file."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a setting: key=value."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Show a profile with every inherited and default value resolved."""
+    from msmall.profiles import load_profile, parse_set, profile_to_dict
+
+    prof = load_profile(name, parse_set(set_))
+    data = profile_to_dict(prof)
+    if as_json:
+        print_json(data)
+        return
+    import yaml
+
+    out().print(f"# {data.pop('source')}", markup=False)
+    out().print(yaml.safe_dump(data, sort_keys=False).rstrip(), markup=False)
+
+
+@app.command("validate")
+def validate(path: str = typer.Argument(..., help="Path to a profile YAML file.")) -> None:
+    """Check a profile file; exit 2 with the reason when it is invalid."""
+    from msmall.profiles import validate_file
+
+    prof = validate_file(path)
+    out().print(
+        f"ok: {path} is a valid profile ('{prof.name}', backend {prof.backend})", markup=False
+    )

@@ -1,0 +1,104 @@
+"""`msmall serve`: plan, preflight, start, wait until ready, smoke-check, then wait or detach."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from msmall.cli.output import err, out, print_json
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    profile: Optional[str] = typer.Option(
+        None, "--profile", "-p", help="Profile name or YAML path (default: the one that fits)."
+    ),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b", help="ollama | vllm | docker | simulator (default: the profile's)."
+    ),
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default: the backend's)."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a profile setting: key=value (repeatable)."
+    ),
+    vllm_version: Optional[str] = typer.Option(
+        None,
+        "--vllm-version",
+        help="Generate flags for this vLLM (default: installed, else newest).",
+    ),
+    api_key: Optional[str] = typer.Option(
+        None,
+        "--api-key",
+        envvar="MSMALL_API_KEY",
+        show_envvar=True,
+        help="Require this key on /v1 (needed to bind beyond 127.0.0.1).",
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: profile)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the command; run nothing."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Return once ready; keep serving."),
+    no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the chat/tools/vision checks."),
+    force: bool = typer.Option(False, "--force", help="Launch even when the memory check fails."),
+    pull: str = typer.Option("missing", "--pull", help="Docker image: never | missing | always."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Serve Mistral Small 3.1 with a profile and prove the endpoint works."""
+    from msmall.backends import PlanOptions
+    from msmall.errors import ConfigError
+
+    if pull not in ("never", "missing", "always"):
+        raise ConfigError(f"--pull must be never, missing or always, not '{pull}'")
+    options = PlanOptions(
+        backend=backend, host=host, port=port, vllm_version=vllm_version, api_key=api_key,
+        deployment=name,
+    )  # fmt: skip
+    if dry_run:
+        _dry_run(profile, set_, options, as_json)
+        return
+    from msmall.launcher import ServeRequest
+    from msmall.launcher import serve as run_serve
+
+    result = run_serve(
+        ServeRequest(
+            profile=profile, overrides=set_ or [], options=options, detach=detach,
+            smoke=not no_smoke, force=force, pull=pull, json_output=as_json,
+        )
+    )  # fmt: skip
+    if as_json:
+        print_json(result)
+
+
+def _dry_run(profile_ref: Optional[str], set_: Optional[list[str]], options, as_json: bool) -> None:
+    from msmall.launcher import plan_for
+    from msmall.plan import render_command
+
+    prof, plan, notes = plan_for(profile_ref, set_ or [], options, read_hardware=False)
+    if as_json:
+        data = plan.to_public_dict()
+        data["notes"] = notes
+        print_json(data)
+        return
+    for note in notes:
+        err().print(f"# {note}", markup=False, style="dim")
+    for warning in plan.warnings:
+        err().print(f"warning: {warning}", markup=False, style="yellow")
+    out().print(
+        f"# profile {prof.name}, backend {plan.backend}"
+        + (f", vLLM {plan.engine_version}" if plan.engine_version else ""),
+        markup=False,
+    )
+    if plan.backend == "docker":
+        out().print(plan.docker_run(), markup=False)
+    else:
+        out().print(render_command(plan.argv, plan.env), markup=False)
+    if plan.pull_model:
+        out().print(
+            f"# then msmall pulls and preloads {plan.pull_model} through the Ollama API",
+            markup=False,
+        )
+    out().print(
+        f"# OpenAI base URL: {plan.openai_base_url}  model: {plan.served_model_name}", markup=False
+    )

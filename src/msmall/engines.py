@@ -1,0 +1,109 @@
+"""What each engine version accepts, so msmall never emits a flag the installed engine rejects.
+
+Sources: shared/FACTS.md (checked against vLLM 0.33.0 and its changelog) and vLLM's argparse
+(`vllm/engine/arg_utils.py`, `vllm/entrypoints/openai/cli_args.py`).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+from msmall.errors import ConfigError
+
+# The newest vLLM msmall knows; used when neither --vllm-version nor an installed vllm says otherwise.
+VLLM_LATEST = "0.33.0"
+# Mistral Small 3.1 (Mistral3ForConditionalGeneration with Pixtral vision) landed in vLLM 0.8.
+VLLM_MIN_FOR_MODEL = "0.8.0"
+# --limit-mm-per-prompt: 'image=N' worked up to 0.9.x and fails from 0.10.0 on, which wants JSON.
+VLLM_LIMIT_MM_JSON_FROM = "0.10.0"
+# --max-model-len auto/-1 (largest context that fits) is known good in 0.33; older versions get a number.
+VLLM_MAX_LEN_AUTO_FROM = "0.33.0"
+# Default images from v0.20 on are built for CUDA 13 and need an R580+ host driver.
+VLLM_CUDA13_IMAGES_FROM = "0.20.0"
+CUDA13_MIN_DRIVER = 580
+
+# Flags that a vLLM version removed: flag -> (removed in, what to use instead).
+VLLM_REMOVED_FLAGS: dict[str, tuple[str, str]] = {
+    "--disable-mm-preprocessor-cache": ("0.33.0", "--mm-processor-cache-gb 0"),
+}
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """'0.10.1.post1' -> (0, 10, 1); 'v0.33.0' -> (0, 33, 0)."""
+    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    if not match:
+        raise ConfigError(
+            f"'{text}' is not a vLLM version", "Use a release number such as --vllm-version 0.33.0"
+        )
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+def at_least(version: str, floor: str) -> bool:
+    return parse_version(version) >= parse_version(floor)
+
+
+def normalize_version(text: str) -> str:
+    return ".".join(map(str, parse_version(text)))
+
+
+def check_vllm_version(version: str) -> str:
+    version = normalize_version(version)
+    if not at_least(version, VLLM_MIN_FOR_MODEL):
+        raise ConfigError(
+            f"vLLM {version} cannot serve Mistral Small 3.1 (support arrived in {VLLM_MIN_FOR_MODEL})",
+            f"Upgrade vLLM, or generate for a newer one with --vllm-version {VLLM_LATEST}",
+        )
+    return version
+
+
+def limit_mm_per_prompt(version: str, images: int) -> str:
+    if at_least(version, VLLM_LIMIT_MM_JSON_FROM):
+        return '{"image":%d}' % images
+    return f"image={images}"
+
+
+def check_extra_args(args: list[str], version: str) -> None:
+    for arg in args:
+        flag = arg.split("=", 1)[0].replace("_", "-")
+        removed = VLLM_REMOVED_FLAGS.get(flag)
+        if removed and at_least(version, removed[0]):
+            raise ConfigError(
+                f"{flag} was removed in vLLM {removed[0]} (target: {version})",
+                f"Use {removed[1]} instead.",
+            )
+
+
+def docker_image_tag(version: str, driver_major: int | None = None) -> str:
+    """vllm/vllm-openai tag for a vLLM version; the -cu129 build for drivers older than R580."""
+    tag = f"v{normalize_version(version)}"
+    if (
+        driver_major is not None
+        and driver_major < CUDA13_MIN_DRIVER
+        and at_least(version, VLLM_CUDA13_IMAGES_FROM)
+    ):
+        tag += "-cu129"
+    return tag
+
+
+def installed_vllm_version(timeout_s: float = 60.0) -> str | None:
+    """The vllm on PATH, if any. `vllm --version` imports torch, hence the generous timeout."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        pass
+    exe = shutil.which("vllm")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"(\d+\.\d+(?:\.\d+)?)", out.stdout or "")
+    return match.group(1) if out.returncode == 0 and match else None
