@@ -61,7 +61,7 @@ def check_vllm_version(version: str) -> str:
 
 def limit_mm_per_prompt(version: str, images: int) -> str:
     if at_least(version, VLLM_LIMIT_MM_JSON_FROM):
-        return '{"image":%d}' % images
+        return f'{{"image":{images}}}'
     return f"image={images}"
 
 
