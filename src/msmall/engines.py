@@ -66,14 +66,26 @@ def limit_mm_per_prompt(version: str, images: int) -> str:
 
 
 def check_extra_args(args: list[str], version: str) -> None:
-    for arg in args:
-        flag = arg.split("=", 1)[0].replace("_", "-")
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        flag = flag.replace("_", "-")
         removed = VLLM_REMOVED_FLAGS.get(flag)
         if removed and at_least(version, removed[0]):
             raise ConfigError(
                 f"{flag} was removed in vLLM {removed[0]} (target: {version})",
                 f"Use {removed[1]} instead.",
             )
+        if flag == "--limit-mm-per-prompt" and at_least(version, VLLM_LIMIT_MM_JSON_FROM):
+            if not eq:
+                value = args[i + 1] if i + 1 < len(args) else ""
+            # The old 'image=N' spelling is rejected from 0.10.0 on.
+            if re.fullmatch(r"\s*\w+=\d+(\s*,\s*\w+=\d+)*\s*", value):
+                raise ConfigError(
+                    f"--limit-mm-per-prompt {value} is the pre-0.10 format, rejected by vLLM "
+                    f"{VLLM_LIMIT_MM_JSON_FROM}+ (target: {version})",
+                    "Use JSON, e.g. '{\"image\":4}', or drop it: msmall sets it from "
+                    "serving.images_per_prompt.",
+                )
 
 
 def docker_image_tag(version: str, driver_major: int | None = None) -> str:
@@ -105,5 +117,11 @@ def installed_vllm_version(timeout_s: float = 60.0) -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    match = re.search(r"(\d+\.\d+(?:\.\d+)?)", out.stdout or "")
-    return match.group(1) if out.returncode == 0 and match else None
+    if out.returncode != 0:
+        return None
+    # Importing vllm may log INFO lines to stdout first: prefer a line that is only a version.
+    text = out.stdout or ""
+    match = re.search(r"^\s*v?(\d+\.\d+(?:\.\d+)?)\S*\s*$", text, re.MULTILINE) or re.search(
+        r"(\d+\.\d+(?:\.\d+)?)", text
+    )
+    return match.group(1) if match else None

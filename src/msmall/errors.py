@@ -9,10 +9,14 @@ from __future__ import annotations
 class MsmallError(Exception):
     exit_code = 1
 
-    def __init__(self, message: str, fix: str | None = None) -> None:
+    def __init__(
+        self, message: str, fix: str | None = None, details: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.fix = fix
+        # Extra evidence shown after the fix (e.g. the last log lines of a server that died).
+        self.details = details or []
 
     def __str__(self) -> str:
         return self.message if not self.fix else f"{self.message}\n{self.fix}"

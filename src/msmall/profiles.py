@@ -28,7 +28,12 @@ DEFAULT_PORTS = {"ollama": 11434, "vllm": 8000, "docker": 8000, "simulator": 800
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` would pass `ge=0` and print as `Infinity`, which is not JSON.
+    # coerce_numbers_to_str: YAML reads `NCCL_P2P_DISABLE: 1` or `extra_args: [--x, 8192]` (and
+    # `--set serving.env.X=1`) as numbers; they are meant as strings.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, coerce_numbers_to_str=True
+    )
 
 
 class Hardware(_Strict):
@@ -82,7 +87,9 @@ class Serving(_Strict):
     @field_validator("max_model_len", mode="before")
     @classmethod
     def _max_len(cls, v: Any) -> Any:
-        # vLLM's own spelling: 32k = 32000, 32K = 32768.
+        # vLLM's own spelling: 32k = 32000, 32K = 32768; -1 = auto.
+        if v == -1 and not isinstance(v, bool):
+            return "auto"
         if isinstance(v, str):
             s = v.strip()
             if s.lower() == "auto" or s == "-1":
@@ -234,12 +241,18 @@ def _format_validation(exc: ValidationError, where: str, lines: dict[tuple[str, 
     return f"{place}: '{key}' {msg[0].lower()}{msg[1:]}{extra}" if loc else f"{place}: {msg}"
 
 
-def _known_profile_files() -> dict[str, Path]:
-    """Name -> file, user profiles shadowing built-in ones."""
+def _known_profile_files(skip: Path | None = None) -> dict[str, Path]:
+    """Name -> file, user profiles shadowing built-in ones.
+
+    ``skip``: a resolved file left out, so that a user profile named like a shipped one can
+    ``extends:`` the shipped one instead of itself.
+    """
     found: dict[str, Path] = {}
     for folder in (paths.builtin_profiles_dir(), paths.user_profiles_dir()):
         if folder.is_dir():
             for f in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
+                if skip is not None and f.resolve() == skip:
+                    continue
                 found[f.stem] = f
     return found
 
@@ -252,13 +265,14 @@ def _looks_like_path(ref: str) -> bool:
     return ref.endswith((".yaml", ".yml")) or "/" in ref or ref.startswith(".")
 
 
-def _locate(ref: str, relative_to: Path | None = None) -> Path:
+def _locate(ref: str, relative_to: Path | None = None, skip: Path | None = None) -> Path:
     if _looks_like_path(ref):
         p = Path(ref).expanduser()
-        if not p.is_absolute() and relative_to is not None and not p.exists():
+        # An `extends:` path is relative to the file that says it, whatever the working dir.
+        if not p.is_absolute() and relative_to is not None and (relative_to / p).exists():
             p = relative_to / p
         return p
-    known = _known_profile_files()
+    known = _known_profile_files(skip)
     if ref in known:
         return known[ref]
     names = sorted(known)
@@ -270,8 +284,10 @@ def _locate(ref: str, relative_to: Path | None = None) -> Path:
     )
 
 
-def _load_raw(ref: str, relative_to: Path | None, chain: tuple[str, ...]) -> dict[str, Any]:
-    path = _locate(ref, relative_to)
+def _load_raw(
+    ref: str, relative_to: Path | None, chain: tuple[str, ...], skip: Path | None = None
+) -> dict[str, Any]:
+    path = _locate(ref, relative_to, skip)
     key = str(path.resolve()) if path.exists() else str(path)
     if key in chain:
         raise ConfigError(f"{path}: 'extends' makes a cycle: {' -> '.join([*chain, key])}")
@@ -281,7 +297,12 @@ def _load_raw(ref: str, relative_to: Path | None, chain: tuple[str, ...]) -> dic
     if parent_ref is not None:
         if not isinstance(parent_ref, str):
             raise ConfigError(f"{path}: 'extends' must be a profile name or a file path")
-        parent = _load_raw(parent_ref, path.parent, (*chain, key))
+        try:
+            parent = _load_raw(parent_ref, path.parent, (*chain, key), skip=path.resolve())
+        except ConfigError as exc:
+            if exc.message.startswith("unknown profile"):
+                raise ConfigError(f"{path}: extends: {exc.message}", exc.fix) from None
+            raise
         parent.pop("description", None)
         parent.pop("_lines", None)
         data = _deep_merge(parent, data)
@@ -377,6 +398,11 @@ def validate_file(path: str) -> Profile:
 
 
 def profile_to_dict(prof: Profile) -> dict[str, Any]:
+    """JSON-ready, secrets redacted (a profile may carry HF_TOKEN in env or --api-key in extra_args)."""
+    from msmall.plan import redact_argv, redact_env
+
     data = prof.model_dump(mode="json", exclude={"extends"})
+    data["serving"]["env"] = redact_env(data["serving"]["env"])
+    data["serving"]["extra_args"] = redact_argv(data["serving"]["extra_args"])
     data["source"] = prof.source
     return data

@@ -9,9 +9,11 @@ import sys
 import typer
 
 from msmall import __version__
+from msmall.cli import deployments as deployments_cmd
 from msmall.cli import health as health_cmd
 from msmall.cli import profiles as profiles_cmd
 from msmall.cli import serve as serve_cmd
+from msmall.cli import simulate as simulate_cmd
 
 app = typer.Typer(
     name="msmall",
@@ -27,6 +29,8 @@ app = typer.Typer(
 app.add_typer(profiles_cmd.app, name="profiles")
 serve_cmd.register(app)
 health_cmd.register(app)
+deployments_cmd.register(app)
+simulate_cmd.register(app)
 
 
 def _version(value: bool) -> None:
@@ -62,6 +66,8 @@ def main() -> None:
         err().print(Text.assemble(("error: ", "bold red"), exc.message))
         if exc.fix:
             err().print(Text("  " + exc.fix))
+        for line in exc.details:
+            err().print(Text("  | " + line, style="dim"))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -41,8 +41,17 @@ def serve(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command; run nothing."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once ready; keep serving."),
     no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the chat/tools/vision checks."),
+    check: bool = typer.Option(
+        False, "--check", help="Start, run the smoke checks, stop; exit 0 only if all pass."
+    ),
     force: bool = typer.Option(False, "--force", help="Launch even when the memory check fails."),
     pull: str = typer.Option("missing", "--pull", help="Docker image: never | missing | always."),
+    ready_timeout: Optional[float] = typer.Option(
+        None,
+        "--ready-timeout",
+        help="Give up after this many seconds (default: wait while the "
+        "server process lives and makes progress).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Serve Mistral Small 3.1 with a profile and prove the endpoint works."""
@@ -51,6 +60,8 @@ def serve(
 
     if pull not in ("never", "missing", "always"):
         raise ConfigError(f"--pull must be never, missing or always, not '{pull}'")
+    if check and (detach or no_smoke):
+        raise ConfigError("--check runs the smoke checks and stops: drop --detach / --no-smoke")
     options = PlanOptions(
         backend=backend, host=host, port=port, vllm_version=vllm_version, api_key=api_key,
         deployment=name,
@@ -58,15 +69,22 @@ def serve(
     if dry_run:
         _dry_run(profile, set_, options, as_json)
         return
+    from msmall.cli.serve_view import make_reporter
     from msmall.launcher import ServeRequest
     from msmall.launcher import serve as run_serve
 
-    result = run_serve(
-        ServeRequest(
-            profile=profile, overrides=set_ or [], options=options, detach=detach,
-            smoke=not no_smoke, force=force, pull=pull, json_output=as_json,
-        )
-    )  # fmt: skip
+    reporter = make_reporter(as_json)
+    try:
+        result = run_serve(
+            ServeRequest(
+                profile=profile, overrides=set_ or [], options=options, detach=detach,
+                smoke=not no_smoke, force=force, pull=pull, json_output=as_json,
+                ready_timeout_s=ready_timeout, check_only=check,
+            ),
+            reporter,
+        )  # fmt: skip
+    finally:
+        reporter.close()
     if as_json:
         print_json(result)
 

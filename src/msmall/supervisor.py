@@ -1,0 +1,216 @@
+"""Start, watch and stop a server process; its output goes to a log file msmall can tail.
+
+The child runs in its own process group (so a terminal Ctrl-C reaches msmall, not the engine, and
+msmall decides how to stop it) and writes straight to the log file (so it keeps logging after a
+`--detach`ed msmall has exited).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from msmall.errors import ConfigError, EngineUnavailable, EnvironmentProblem
+from msmall.plan import LaunchPlan
+
+# How long a server gets to exit after SIGTERM before SIGKILL. vLLM tears down its engine
+# core process and frees GPU memory on SIGTERM; a few seconds is usually enough.
+STOP_GRACE_S = 15.0
+
+INSTALL_HINTS = {
+    "vllm": "Install vLLM (`pip install vllm`), or use --backend docker to run the vllm/vllm-openai image.",
+    "ollama": "Install Ollama from its website, or use --backend vllm / docker.",
+}
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something accepts connections on host:port (or the bind would fail)."""
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    try:
+        with socket.create_connection((connect_host, port), timeout=0.3):
+            return True
+    except OSError:
+        pass
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def resolve_executable(argv: list[str]) -> list[str]:
+    exe = argv[0]
+    if os.path.isabs(exe):
+        if not os.access(exe, os.X_OK):
+            raise EngineUnavailable(f"{exe} is not an executable file")
+        return argv
+    found = shutil.which(exe)
+    if found is None:
+        raise EngineUnavailable(
+            f"'{exe}' is not installed (not found on PATH)",
+            INSTALL_HINTS.get(exe, "Install it, or pick another --backend."),
+        )
+    return [found, *argv[1:]]
+
+
+@dataclass
+class ServerProcess:
+    """A running server started by msmall (or found again from a state record)."""
+
+    pid: int
+    log_path: Path
+    create_time: float = 0.0
+    _popen: subprocess.Popen | None = field(default=None, repr=False)
+
+    def poll(self) -> int | None:
+        """Exit code if the process has ended, else None."""
+        if self._popen is not None:
+            return self._popen.poll()
+        return None if pid_alive(self.pid, self.create_time) else -1
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        stop_process_group(self.pid, self.create_time, grace_s, self._popen)
+
+
+def start_process(plan: LaunchPlan, log_path: Path) -> ServerProcess:
+    argv = resolve_executable(plan.argv)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab", buffering=0) as log:
+        log.write(f"--- msmall: starting {plan.backend} for {plan.deployment}\n".encode())
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise EngineUnavailable(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+    return ServerProcess(
+        pid=popen.pid, log_path=log_path, create_time=_create_time(popen.pid), _popen=popen
+    )
+
+
+def _create_time(pid: int) -> float:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def pid_alive(pid: int, create_time: float = 0.0) -> bool:
+    """Alive and the same process (a recycled pid has another create time)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not create_time or abs(proc.create_time() - create_time) < 1.0
+    except psutil.Error:
+        return False
+
+
+def stop_process_group(
+    pid: int, create_time: float, grace_s: float, popen: subprocess.Popen | None = None
+) -> None:
+    """SIGTERM the server's whole group, wait (bounded), then SIGKILL whatever is left."""
+    import psutil
+
+    if popen is None and not pid_alive(pid, create_time):
+        return
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        members = []
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + grace_s
+    if popen is not None:
+        try:
+            popen.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    _, alive = psutil.wait_procs(members, timeout=max(0.0, deadline - time.monotonic()))
+    if alive or (popen is not None and popen.poll() is None):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        if popen is not None:
+            try:
+                popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+class LogTail:
+    """Reads new complete lines from a log file as it grows."""
+
+    def __init__(self, path: Path, start_at_end: bool = False) -> None:
+        self.path = path
+        self._pos = path.stat().st_size if start_at_end and path.exists() else 0
+        self._partial = b""
+
+    def read_new(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._pos)
+                data = fh.read()
+                self._pos = fh.tell()
+        except FileNotFoundError:
+            return []
+        if not data:
+            return []
+        data = self._partial + data
+        *lines, self._partial = data.split(b"\n")
+        return [ln.decode("utf-8", "replace").rstrip("\r") for ln in lines]
+
+
+def last_lines(path: Path, n: int = 20) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 256 * 1024))
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    return [ln.decode("utf-8", "replace").rstrip("\r") for ln in data.splitlines()[-n:]]
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    if port_in_use(host, port):
+        raise EnvironmentProblem(
+            f"port {port} on {host} is already in use",
+            f"Stop what runs there (`msmall ps`), or pick another port with --port {port + 1}.",
+        )
+
+
+def check_port_value(port: int) -> None:
+    if not (1 <= port <= 65535):
+        raise ConfigError(f"--port {port} is not a TCP port (1-65535)")
