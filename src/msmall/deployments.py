@@ -100,6 +100,13 @@ def log_lines(name: str, n: int) -> list[str]:
     from msmall.supervisor import last_lines
 
     dep = _get(name)
+    if dep.container_id:
+        from msmall.docker_runtime import container_log_lines
+
+        # A detached container keeps logging after msmall exits: ask the daemon, not the file.
+        lines = container_log_lines(dep.container_id, n)
+        if lines:
+            return lines
     return last_lines(Path(dep.log_path), n)
 
 
@@ -112,6 +119,11 @@ def follow(
     from msmall.supervisor import LogTail
 
     dep = _get(name)
+    if dep.container_id:
+        from msmall.docker_runtime import follow_container
+
+        follow_container(dep.container_id, emit)
+        return
     tail = LogTail(Path(dep.log_path), start_at_end=True)
     for line in _follow_lines(tail, lambda: is_running(dep), stop_when):
         emit(line)
