@@ -27,8 +27,13 @@ def isolated_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
-    for var in (*SECRET_VARS, "DOCKER_HOST", "OLLAMA_HOST", "OLLAMA_MODELS", "MSMALL_DEBUG"):
+    for var in (
+        *SECRET_VARS, "DOCKER_HOST", "OLLAMA_HOST", "OLLAMA_MODELS", "MSMALL_DEBUG",
+        "FAKE_NVIDIA_SMI_SCENARIO", "FAKE_NVIDIA_SMI_SLEEP", "HF_HUB_CACHE", "XDG_CACHE_HOME",
+    ):  # fmt: skip
         monkeypatch.delenv(var, raising=False)
+    # Same results on a GPU machine: tests that want GPUs ask for the fake nvidia-smi explicitly.
+    monkeypatch.setenv("MSMALL_GPU_SOURCE", "none")
     return tmp_path
 
 

@@ -165,6 +165,17 @@ class Profile(_Strict):
 # Loading
 
 
+class _ProfileLoader(yaml.SafeLoader):
+    """SafeLoader that keeps date-like scalars as strings: no profile value is a date, and an
+    impossible one (``2024-13-45``) made PyYAML raise a bare ValueError."""
+
+
+_ProfileLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
     """Map each key path in a YAML mapping to its 1-based line, for error messages."""
     lines: dict[tuple[str, ...], int] = {}
@@ -177,8 +188,8 @@ def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
                 walk(value, path)
 
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        root = yaml.compose(text, Loader=_ProfileLoader)
+    except (yaml.YAMLError, RecursionError):
         return lines
     if root is not None:
         walk(root, ())
@@ -193,11 +204,18 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read profile {path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ProfileLoader)
+    except (ValueError, RecursionError) as exc:
+        # An explicit tag the constructor cannot build, e.g. `!!timestamp 2024-13-45`.
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark and (not mark or context_mark.line != mark.line):
+            # An unclosed quote fails at the end of the file; say where it was opened.
+            problem += f" ({context} started on line {context_mark.line + 1})"
         raise ConfigError(
             f"{where}: malformed YAML: {problem}",
             "Fix the YAML syntax (indentation, quotes, ':' after each key).",
@@ -347,7 +365,14 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
             )
         parts = key.split(".")
         if len(parts) == 1:
-            if key in Profile.model_fields and key not in ("hardware", "model", "serving"):
+            # extends is resolved before --set applies and source is not a setting: refuse both.
+            if key in Profile.model_fields and key not in (
+                "hardware",
+                "model",
+                "serving",
+                "extends",
+                "source",
+            ):
                 parts = [key]
             elif key in section_of:
                 parts = [section_of[key], key]
@@ -356,8 +381,8 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"--set: unknown setting '{key}'.{hint}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = yaml.load(raw, Loader=_ProfileLoader) if raw.strip() else ""
+        except (yaml.YAMLError, ValueError, RecursionError):
             value = raw
         # "32k" and friends stay strings; YAML turns "1e3" into a str too, pydantic decides.
         node = out
