@@ -125,7 +125,8 @@ def pull_image(cli: docker.DockerClient, image: str, reporter) -> None:
                 )
             detail = entry.get("progressDetail") or {}
             layer = entry.get("id")
-            if layer and detail.get("total"):
+            # Only download progress counts: "Extracting" restarts current from 0 per layer.
+            if layer and detail.get("total") and entry.get("status") == "Downloading":
                 layers[layer] = (detail.get("current", 0), detail["total"])
             elif layer and entry.get("status") in (
                 "Pull complete",

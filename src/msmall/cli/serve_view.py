@@ -12,6 +12,7 @@ from typing import Any
 from msmall.cli.output import err
 
 _ICONS = {True: "ok  ", False: "FAIL"}
+PROGRESS_EVERY_S = 2.0
 
 
 def make_reporter(json_output: bool):
@@ -40,6 +41,7 @@ class PlainReporter:
     def __init__(self) -> None:
         self._last_activity = ""
         self._last_progress = ""
+        self._last_progress_at = float("-inf")
 
     def _print(self, text: str) -> None:
         err().print(text, markup=False, highlight=False)
@@ -62,12 +64,19 @@ class PlainReporter:
             self._print(f"  engine: {text}")
 
     def progress(self, label: str, completed: int | None, total: int | None) -> None:
-        # Print at most every 10% so a pipe gets a few lines, not thousands.
-        bucket = f"{label} {int(10 * (completed or 0) / total) if total else ''}"
-        if bucket != self._last_progress:
-            self._last_progress = bucket
-            detail = f" {_fmt_bytes(completed)} / {_fmt_bytes(total)}" if total else ""
-            self._print(f"  pull: {label}{detail}")
+        # A pipe gets a line every few seconds and one at the end, not thousands.
+        import time
+
+        now = time.monotonic()
+        finished = bool(total) and (completed or 0) >= (total or 0)
+        if now - self._last_progress_at < PROGRESS_EVERY_S and not (
+            finished and self._last_progress != label
+        ):
+            return
+        self._last_progress_at = now
+        self._last_progress = label if finished else ""
+        detail = f" {_fmt_bytes(completed)} / {_fmt_bytes(total)}" if total else ""
+        self._print(f"  pull: {label}{detail}")
 
     def check(self, result: Any) -> None:
         self._print(_check_line(result))
