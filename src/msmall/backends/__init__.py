@@ -52,6 +52,10 @@ def check_exposure(host: str, api_key: str | None, backend: str) -> list[str]:
 def build_plan(profile: Profile, options: PlanOptions | None = None) -> LaunchPlan:
     options = options or PlanOptions()
     backend = resolve_backend(profile, options)
+    if options.port is not None and not 1 <= options.port <= 65535:
+        raise ConfigError(
+            f"--port {options.port} is not a TCP port", "Choose a port between 1 and 65535."
+        )
     if backend == "ollama":
         from msmall.backends.ollama import plan_ollama
 

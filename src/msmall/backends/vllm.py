@@ -40,7 +40,8 @@ def vllm_flags(profile: Profile, version: str, host: str, port: int) -> list[str
         )
     flags += [
         "--max-model-len", str(max_len),
-        "--gpu-memory-utilization", f"{sv.gpu_memory_utilization:g}",
+        # repr: the shortest exact spelling (':g' rounds to 6 digits).
+        "--gpu-memory-utilization", repr(sv.gpu_memory_utilization),
         "--tensor-parallel-size", str(sv.tensor_parallel_size),
         "--max-num-seqs", str(sv.max_num_seqs),
     ]  # fmt: skip
@@ -52,8 +53,27 @@ def vllm_flags(profile: Profile, version: str, host: str, port: int) -> list[str
         # Without both, tool calls come back as plain text in `content`.
         flags += ["--tool-call-parser", "mistral", "--enable-auto-tool-choice"]
     engines.check_extra_args(sv.extra_args, version)
+    mistral_flag = _mistral_format_flag(sv.extra_args)
+    if mistral_flag and profile.model.hf_format == "hf":
+        raise ConfigError(
+            f"extra_args has {mistral_flag} mistral, but {profile.model.hf_repo} ships HF "
+            "shards only: vLLM would find no weights",
+            "Remove it from extra_args (or set model.hf_format: mistral for a Mistral-native repo).",
+        )
     flags += sv.extra_args
     return flags
+
+
+def _mistral_format_flag(args: list[str]) -> str | None:
+    """'--load-format' / '--config-format' when extra_args ask for the Mistral format."""
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        flag = flag.replace("_", "-")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if flag in ("--load-format", "--config-format") and value == "mistral":
+            return flag
+    return None
 
 
 def secret_env(api_key: str | None) -> dict[str, str]:
