@@ -1,0 +1,335 @@
+"""`msmall serve` end to end on the built-in simulator: real subprocesses, real HTTP on 127.0.0.1.
+
+Each test starts the real CLI; the demo profile's server is the simulator, whose --fail modes
+stand in for the engine failures a GPU machine would produce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import msmall_cmd
+
+WAIT_S = 30.0
+
+
+def run(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None):
+    return subprocess.run(
+        msmall_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def fail_args(*modes: str) -> list[str]:
+    knobs: list[str] = []
+    for mode in modes:
+        knobs += ["--fail", mode]
+    return ["--set", f"extra_args={json.dumps(knobs)}"]
+
+
+def simulators_on(port: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "msmall.simulator" in cmd and str(port) in cmd:
+            found.append(proc)
+    return found
+
+
+def assert_nothing_left(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while simulators_on(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert simulators_on(port) == [], "a simulator process was left running"
+
+
+class LiveProcess:
+    """A running `msmall serve` whose stderr lines we can wait for."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            msmall_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+
+    def wait_for(self, text: str, timeout: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"never saw {text!r}; stderr so far:\n{''.join(self.seen)}")
+
+    def server_children(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def finish(self, timeout: float = WAIT_S) -> int:
+        code = self.proc.wait(timeout=timeout)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def live():
+    started: list[LiveProcess] = []
+
+    def start(*args: str) -> LiveProcess:
+        lp = LiveProcess(*args)
+        started.append(lp)
+        return lp
+
+    yield start
+    for lp in started:
+        children = lp.server_children()
+        lp.kill()
+        for child in children:
+            if child.is_running():
+                child.kill()
+
+
+def test_check_runs_every_smoke_check_and_stops(free_port: int) -> None:
+    result = run("serve", "--profile", "demo", "--port", str(free_port), "--check", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["base_url"] == f"http://127.0.0.1:{free_port}"
+    checks = {c["name"]: c for c in report["smoke"]["checks"]}
+    assert set(checks) == {"chat", "stream", "tools", "vision"}
+    assert all(c["ok"] for c in checks.values())
+    assert "get_weather" in checks["tools"]["detail"]
+    assert report["ready_after_s"] < 20
+    assert_nothing_left(free_port)
+
+
+def test_tool_calls_as_text_fail_with_the_fix(free_port: int) -> None:
+    result = run(
+        "serve", "-p", "demo", "--port", str(free_port), "--check", *fail_args("tools-as-text")
+    )
+    assert result.returncode == 5, result.stderr
+    assert "tool call came back as text" in result.stderr
+    assert "--tool-call-parser mistral --enable-auto-tool-choice" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert_nothing_left(free_port)
+
+
+def test_missing_vision_fails(free_port: int) -> None:
+    result = run(
+        "serve", "-p", "demo", "--port", str(free_port), "--check", *fail_args("no-vision")
+    )
+    assert result.returncode == 5, result.stderr
+    assert "vision: HTTP 400" in result.stderr
+    assert "--set vision=true" in result.stderr
+    assert_nothing_left(free_port)
+
+
+def test_vision_off_skips_the_image_check(free_port: int) -> None:
+    result = run(
+        "serve",
+        "-p",
+        "demo",
+        "--port",
+        str(free_port),
+        "--check",
+        "--json",
+        "--set",
+        "vision=false",
+    )
+    assert result.returncode == 0, result.stderr
+    vision = next(c for c in json.loads(result.stdout)["smoke"]["checks"] if c["name"] == "vision")
+    assert vision["skipped"] is True
+
+
+@pytest.mark.parametrize(
+    ("mode", "cause", "fix"),
+    [
+        ("oom-on-load", "out of memory", "--profile"),
+        ("low-free-memory", "is free on cuda:0", "Stop the other processes"),
+        ("kv-too-small", "KV cache", "--set max_model_len="),
+    ],
+)
+def test_engine_dying_while_loading_is_diagnosed(
+    free_port: int, mode: str, cause: str, fix: str
+) -> None:
+    result = run("serve", "-p", "demo", "--port", str(free_port), *fail_args(mode))
+    assert result.returncode == 4, result.stderr
+    first_lines = result.stderr.split("error:", 1)[1].splitlines()
+    assert "exited with code 1 before it was ready" in first_lines[0]
+    assert cause.lower() in first_lines[0].lower()
+    assert fix in first_lines[1]
+    assert "last " in result.stderr and "| " in result.stderr  # the log tail follows
+    assert "Traceback (most recent call last)" not in result.stderr.split("| ", 1)[0]
+    assert_nothing_left(free_port)
+
+
+def test_detach_ps_logs_health_stop(free_port: int) -> None:
+    started = run("serve", "-p", "demo", "--port", str(free_port), "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    info = json.loads(started.stdout)
+    pid = info["pid"]
+    assert psutil.pid_exists(pid)
+    try:
+        ps = json.loads(run("ps", "--json").stdout)
+        assert [(d["name"], d["running"], d["health"]) for d in ps] == [("demo", True, "ready")]
+
+        logs = run("logs", "demo", "-n", "200")
+        assert logs.returncode == 0
+        assert "Application startup complete." in logs.stdout
+
+        health = run("health", info["openai_base_url"], "--json")
+        assert health.returncode == 0, health.stderr
+        assert json.loads(health.stdout)["ok"] is True
+
+        again = run(
+            "serve",
+            "-p",
+            "demo",
+            "--port",
+            str(free_port + 1 if free_port < 65535 else 1025),
+            "--detach",
+        )
+        assert again.returncode == 2
+        assert "already running" in again.stderr
+    finally:
+        stopped = run("stop", "demo")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped" in stopped.stdout
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert json.loads(run("ps", "--json").stdout) == []
+    assert_nothing_left(free_port)
+
+
+def test_stale_record_is_shown_and_cleaned(free_port: int) -> None:
+    started = run("serve", "-p", "demo", "--port", str(free_port), "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    pid = json.loads(started.stdout)["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(pid)], timeout=10) if psutil.pid_exists(pid) else None
+    ps = json.loads(run("ps", "--json").stdout)
+    assert ps[0]["running"] is False and ps[0]["status"].startswith("stale")
+    stopped = run("stop", "demo")
+    assert stopped.returncode == 0
+    assert "stale" in stopped.stdout
+    assert json.loads(run("ps", "--json").stdout) == []
+
+
+def test_stop_unknown_name_lists_nothing_and_exits_2() -> None:
+    result = run("stop", "nope")
+    assert result.returncode == 2
+    assert "no deployment named 'nope'" in result.stderr
+
+
+def test_port_taken_is_refused_before_starting(free_port: int) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", free_port))
+        busy.listen()
+        result = run("serve", "-p", "demo", "--port", str(free_port), "--check")
+    assert result.returncode == 3
+    assert f"port {free_port}" in result.stderr and "--port" in result.stderr
+    assert simulators_on(free_port) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_while_loading_leaves_nothing(live, free_port: int, sig: int) -> None:
+    lp = live(
+        "serve", "-p", "demo", "--port", str(free_port),
+        "--set", 'extra_args=["--startup-delay", "60"]',
+    )  # fmt: skip
+    lp.wait_for("waiting for")
+    deadline = time.monotonic() + WAIT_S
+    while not lp.server_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = lp.server_children()
+    assert children, "the simulator never started"
+    lp.proc.send_signal(sig)
+    assert lp.finish() == 130
+    assert any("interrupted" in line for line in lp.seen)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    assert_nothing_left(free_port)
+
+
+def test_interrupt_after_ready_stops_the_server(live, free_port: int) -> None:
+    lp = live("serve", "-p", "demo", "--port", str(free_port))
+    lp.wait_for("ready at")
+    children = lp.server_children()
+    assert children
+    ps = json.loads(run("ps", "--json").stdout)
+    assert [d["name"] for d in ps] == ["demo"]  # a foreground serve is visible to `msmall ps`
+    lp.proc.send_signal(signal.SIGINT)
+    assert lp.finish() == 130
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    assert json.loads(run("ps", "--json").stdout) == []
+
+
+def test_server_exiting_after_ready_is_reported(live, free_port: int) -> None:
+    lp = live(
+        "serve",
+        "-p",
+        "demo",
+        "--port",
+        str(free_port),
+        "--no-smoke",
+        *fail_args("exit-after-ready"),
+    )
+    assert lp.finish() == 4
+    text = "".join(lp.seen)
+    assert "exited with code" in text
+    assert_nothing_left(free_port)
+
+
+def test_api_key_is_used_and_never_shown(free_port: int, isolated_world: Path) -> None:
+    secret = "sk-msmall-test-secret-123"
+    env = {**os.environ, "MSMALL_API_KEY": secret}
+    result = run(
+        "serve", "-p", "demo", "--port", str(free_port), "--host", "0.0.0.0", "--detach", "--json",
+        env=env,
+    )  # fmt: skip
+    try:
+        assert result.returncode == 0, result.stderr
+        assert secret not in result.stdout + result.stderr
+        state_text = "".join(
+            p.read_text() for p in (isolated_world / "state").rglob("*") if p.is_file()
+        )
+        assert secret not in state_text
+        # The key is really enforced on /v1.
+        denied = run("health", f"http://127.0.0.1:{free_port}")
+        assert denied.returncode == 5
+        allowed = run("health", f"http://127.0.0.1:{free_port}", "--api-key", secret)
+        assert allowed.returncode == 0, allowed.stderr
+        assert secret not in allowed.stdout + allowed.stderr
+    finally:
+        run("stop", "--all")
+    assert_nothing_left(free_port)
