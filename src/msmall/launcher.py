@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -110,6 +110,16 @@ def preflight(prof: Profile, plan: LaunchPlan, force: bool, reporter: Reporter) 
     except ImportError:
         return prof
     return doctor_preflight(prof, plan, force=force, reporter=reporter)
+
+
+def _host_driver_major() -> int | None:
+    from msmall.hardware import read_inventory
+
+    version = read_inventory().driver_version
+    try:
+        return int(version.split(".")[0]) if version else None
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,8 +233,12 @@ def serve(request: ServeRequest, reporter: Reporter | None = None) -> dict[str, 
     for note in notes:
         reporter.info(note)
     prof = preflight(prof, plan, request.force, reporter)
-    if prof.serving.max_model_len != plan.max_model_len:
-        plan = build_plan(prof, request.options)
+    options = request.options
+    if plan.backend == "docker" and options.driver_major is None:
+        # Default images from vLLM 0.20 on need an R580+ driver; older drivers get -cu129.
+        options = replace(options, driver_major=_host_driver_major())
+    if prof.serving.max_model_len != plan.max_model_len or options is not request.options:
+        plan = build_plan(prof, options)
     for warning in plan.warnings:
         reporter.warn(warning)
     if plan.backend == "docker":
