@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import httpx
 
 # Poll often: readiness must be noticed within a fraction of a second of the endpoint answering.
-POLL_INTERVAL_S = 0.05
+POLL_INTERVAL_S = 0.025
 PROBE_TIMEOUT_S = 2.0
 # Smoke requests generate a few tokens; a cold first request can still take a while on big GPUs.
 SMOKE_TIMEOUT_S = 120.0
