@@ -298,9 +298,13 @@ def test_hf_token_from_the_token_file(tmp_path: Path) -> None:
     assert source is not None and "token" in source and SECRET not in source
 
 
-def test_ollama_profile_needs_ollama(gpus, bin_dir: Path, free_port: int) -> None:
+def test_ollama_profile_needs_ollama(
+    gpus, bin_dir: Path, free_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gpus("1x4090")
     inv = _roomy(read_inventory())
+    # The GPUs are read; now hide the fake engines (tests/fakes has an `ollama`).
+    monkeypatch.setenv("PATH", str(bin_dir))
     missing = doctor.run_doctor("4090-q4", overrides=_port(free_port), inventory=inv)
     assert missing.check("ollama").status == "fail"
     assert missing.exit_code == 3
