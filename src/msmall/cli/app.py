@@ -56,7 +56,7 @@ def main() -> None:
     from msmall.errors import MsmallError
 
     try:
-        app()
+        app(prog_name="msmall")
     except MsmallError as exc:
         if os.environ.get("MSMALL_DEBUG"):
             raise

@@ -27,7 +27,10 @@ def doctor(
         None, "--backend", "-b", help="With --profile: ollama | vllm | docker | simulator."
     ),
     set_: Optional[list[str]] = typer.Option(
-        None, "--set", help="With --profile: override a setting, key=value (repeatable)."
+        None,
+        "--set",
+        metavar="KEY=VALUE",
+        help="With --profile: override a setting, key=value (repeatable).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

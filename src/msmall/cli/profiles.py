@@ -53,7 +53,9 @@ def list_profiles(as_json: bool = JSON_OPT) -> None:
 @app.command("show")
 def show(
     name: str = typer.Argument(..., help="Profile name or path to a YAML file."),
-    set_: list[str] = typer.Option(None, "--set", help="Override a setting: key=value."),
+    set_: list[str] = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="Override a setting: key=value."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Show a profile with every inherited and default value resolved."""

@@ -23,7 +23,10 @@ def serve(
     host: Optional[str] = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port (default: the backend's)."),
     set_: Optional[list[str]] = typer.Option(
-        None, "--set", help="Override a profile setting: key=value (repeatable)."
+        None,
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a profile setting: key=value (repeatable).",
     ),
     vllm_version: Optional[str] = typer.Option(
         None,
