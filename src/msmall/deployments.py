@@ -94,11 +94,27 @@ def stop_all() -> list[dict[str, Any]]:
     return [stop(dep.name) for dep in state.load_all()]
 
 
+def _labelled_container_id(name: str) -> str | None:
+    """A container carrying `msmall.deployment=name` when no record names it (state dir wiped)."""
+    try:
+        from msmall.docker_runtime import msmall_containers
+    except ImportError:
+        return None
+    found = msmall_containers(name)
+    return found[0].id if found else None
+
+
 def log_lines(name: str, n: int) -> list[str]:
     from pathlib import Path
 
     from msmall.supervisor import last_lines
 
+    if state.load(name) is None:
+        container_id = _labelled_container_id(name)
+        if container_id:
+            from msmall.docker_runtime import container_log_lines
+
+            return container_log_lines(container_id, n)
     dep = _get(name)
     if dep.container_id:
         from msmall.docker_runtime import container_log_lines
@@ -118,6 +134,13 @@ def follow(
 
     from msmall.supervisor import LogTail
 
+    if state.load(name) is None:
+        container_id = _labelled_container_id(name)
+        if container_id:
+            from msmall.docker_runtime import follow_container
+
+            follow_container(container_id, emit)
+            return
     dep = _get(name)
     if dep.container_id:
         from msmall.docker_runtime import follow_container

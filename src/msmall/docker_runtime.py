@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 LABEL_DEPLOYMENT = "msmall.deployment"
 LABEL_PROFILE = "msmall.profile"
 STOP_TIMEOUT_S = 15
+# A leftover container of the same deployment in one of these states runs nothing: replace it.
+REPLACEABLE_STATUSES = frozenset({"created", "exited", "dead"})
 # How often readiness polling asks the daemon whether the container still runs.
 ALIVE_CHECK_INTERVAL_S = 0.5
 
@@ -52,10 +54,27 @@ def client() -> docker.DockerClient:
                 "Add your user to the docker group (`sudo usermod -aG docker $USER`, then log in again).",
             ) from None
         raise EngineUnavailable(
-            "cannot reach the Docker daemon" + (f" ({_short(text)})" if text else ""),
+            f"cannot reach the Docker daemon at {_docker_host()} ({_unreachable_reason(text)})",
             "Start Docker (`sudo systemctl start docker`) or point DOCKER_HOST at a running daemon.",
         ) from None
     return cli
+
+
+def _docker_host() -> str:
+    import os
+
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _unreachable_reason(text: str) -> str:
+    # docker-py wraps the transport error in "Error while fetching server API version: (...)".
+    if "FileNotFoundError" in text or "No such file or directory" in text:
+        return "no socket there"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return "connection refused"
+    if "timed out" in text.lower():
+        return "no answer in time"
+    return _short(text) if text else "no answer"
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -64,26 +83,43 @@ def _short(text: str, limit: int = 160) -> str:
 
 
 def gpu_runtime_problem(info: dict[str, Any]) -> str | None:
-    """None when `docker info` shows an NVIDIA runtime or CDI devices; else what is missing."""
+    """None when `docker info` shows an NVIDIA runtime or an NVIDIA CDI device; else what is missing.
+
+    `CDISpecDirs` alone proves nothing: Docker 27+ lists its two default directories whether or
+    not an nvidia.com/gpu spec is in them. Recent daemons report the CDI devices they found as
+    `DiscoveredDevices`, and since moby#50228 `--gpus` can be served through them.
+    """
     runtimes = info.get("Runtimes") or {}
     if "nvidia" in runtimes:
         return None
-    cdi = info.get("CDISpecDirs") or []
-    if cdi and info.get("DiscoveredDevices"):
-        return None
-    if cdi:
-        # CDI directories are configured, but we cannot see whether an nvidia.com/gpu spec is in
-        # them from `docker info` alone on older daemons: let the start decide.
-        return None
-    return f"Docker has no NVIDIA runtime (runtimes: {', '.join(sorted(runtimes)) or 'none'})"
+    for device in info.get("DiscoveredDevices") or []:
+        if str((device or {}).get("ID", "")).startswith("nvidia.com/gpu"):
+            return None
+    return (
+        "Docker has no NVIDIA runtime and no nvidia.com/gpu CDI device "
+        f"(runtimes: {', '.join(sorted(runtimes)) or 'none'})"
+    )
 
 
 def preflight(cli: docker.DockerClient, force: bool) -> list[str]:
+    import docker
+    import requests
+
+    try:
+        info = cli.info()
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineUnavailable(
+            f"the Docker daemon did not answer `docker info`: {_short(str(exc))}",
+            "Check that Docker runs: `docker info`.",
+        ) from None
     warnings = []
-    problem = gpu_runtime_problem(cli.info())
+    problem = gpu_runtime_problem(info)
     if problem:
         if not force:
-            raise EnvironmentProblem(problem, TOOLKIT_FIX)
+            raise EnvironmentProblem(
+                problem,
+                TOOLKIT_FIX + " If `docker run --gpus all` already works here, pass --force.",
+            )
         warnings.append(problem + " (--force: trying anyway)")
     return warnings
 
@@ -111,6 +147,7 @@ def ensure_image(cli: docker.DockerClient, image: str, policy: str, reporter) ->
 def pull_image(cli: docker.DockerClient, image: str, reporter) -> None:
     """Pull through the low-level stream: it never raises on errors, so check every entry."""
     import docker
+    import requests
 
     repo, _, tag = image.rpartition(":")
     layers: dict[str, tuple[int, int]] = {}
@@ -141,9 +178,22 @@ def pull_image(cli: docker.DockerClient, image: str, reporter) -> None:
                     sum(c for c, _ in layers.values()),
                     sum(t for _, t in layers.values()),
                 )
+    except docker.errors.NotFound as exc:
+        # An unknown tag or repository is refused up front with a 404, before any stream.
+        raise EngineUnavailable(
+            f"pulling {image} failed: {_short(exc.explanation or str(exc))}",
+            "Check the tag exists on Docker Hub (vllm/vllm-openai tags are vX.Y.Z; pick one "
+            "with --vllm-version).",
+        ) from None
     except docker.errors.APIError as exc:
         raise EngineUnavailable(
-            f"pulling {image} failed: {_short(exc.explanation or str(exc))}"
+            f"pulling {image} failed: {_short(exc.explanation or str(exc))}",
+            "Check your network and disk space, then try again.",
+        ) from None
+    except requests.RequestException as exc:
+        raise EngineUnavailable(
+            f"pulling {image} failed: lost the Docker daemon ({_short(str(exc))})",
+            "Check that Docker still runs (`docker info`), then try again.",
         ) from None
 
 
@@ -159,6 +209,31 @@ def _device_requests(plan: LaunchPlan) -> list[Any]:
     if spec.gpu_device_ids:
         return [DeviceRequest(device_ids=list(spec.gpu_device_ids), capabilities=[["gpu"]])]
     return [DeviceRequest(count=spec.gpu_count, capabilities=[["gpu"]])]
+
+
+def check_name_free(cli: docker.DockerClient, plan: LaunchPlan):
+    """Refuse a container name held by a live container or by someone else's; return a stopped
+    leftover of this deployment (ours to replace), or None when the name is free."""
+    import docker
+
+    spec = plan.container
+    assert spec is not None
+    try:
+        old = cli.containers.get(spec.name)
+    except docker.errors.NotFound:
+        return None
+    if old.labels.get(LABEL_DEPLOYMENT) != plan.deployment:
+        raise ConfigError(
+            f"a container named {spec.name} already exists ({old.status}) and msmall did not "
+            f"start it for '{plan.deployment}'",
+            f"Remove it (`docker rm -f {spec.name}`) if it is yours to remove, or pick another --name.",
+        )
+    if old.status not in REPLACEABLE_STATUSES:
+        raise ConfigError(
+            f"deployment '{plan.deployment}' already has a {old.status} container ({spec.name})",
+            f"Stop it with `msmall stop {plan.deployment}`, or pick another --name.",
+        )
+    return old
 
 
 def create_container(cli: docker.DockerClient, plan: LaunchPlan):
@@ -178,23 +253,20 @@ def create_container(cli: docker.DockerClient, plan: LaunchPlan):
         labels=spec.labels,
         detach=True,
     )
-    try:
-        return cli.containers.create(**kwargs)
-    except docker.errors.APIError as exc:
-        if exc.status_code != 409:
-            raise EngineUnavailable(
-                f"cannot create the container: {_short(exc.explanation or str(exc))}"
-            ) from None
-    # Name taken: an old msmall container of this deployment that is not running is ours to
-    # clear; a running one, or someone else's, is not.
-    old = cli.containers.get(spec.name)
-    if old.labels.get(LABEL_DEPLOYMENT) != plan.deployment or old.status == "running":
-        raise ConfigError(
-            f"a container named {spec.name} already exists ({old.status})",
-            f"Stop it with `msmall stop {plan.deployment}` or `docker rm -f {spec.name}`, or use --name.",
-        )
-    old.remove(force=True)
-    return cli.containers.create(**kwargs)
+    for attempt in (1, 2):
+        try:
+            return cli.containers.create(**kwargs)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409 or attempt == 2:
+                raise EngineUnavailable(
+                    f"cannot create the container: {_short(exc.explanation or str(exc))}"
+                ) from None
+        # Name taken: a stopped msmall container of this deployment is ours to clear; a live
+        # one, or someone else's, is not.
+        stale = check_name_free(cli, plan)
+        if stale is not None:
+            remove_container(stale, stop=False)
+    raise AssertionError("unreachable")
 
 
 class LogPump(threading.Thread):
@@ -223,29 +295,57 @@ class LogPump(threading.Thread):
 
 def container_state(container) -> tuple[str, int | None]:
     import docker
+    import requests
 
     try:
         container.reload()
     except docker.errors.NotFound:
         return "removed", None
+    except requests.RequestException:
+        raise EngineUnavailable(
+            "lost the connection to the Docker daemon",
+            "Check that Docker still runs (`docker ps`); a daemon restart stops the container.",
+        ) from None
     state = container.attrs.get("State", {})
     return state.get("Status", container.status), state.get("ExitCode")
 
 
 def remove_container(container, stop: bool = True) -> None:
+    """Stop (SIGTERM, then SIGKILL after STOP_TIMEOUT_S) and remove; never raises."""
     import docker
+    import requests
 
     try:
         if stop:
             container.stop(timeout=STOP_TIMEOUT_S)
-    except docker.errors.DockerException:
+    except (docker.errors.DockerException, requests.RequestException):
         pass
     try:
         container.remove(force=True)
-    except docker.errors.NotFound:
+    except (docker.errors.DockerException, requests.RequestException):
         pass
-    except docker.errors.DockerException:
-        pass
+
+
+def _fresh_log(log_path: Path, header: str) -> None:
+    """One run per log file: the live view and the failure diagnosis read the whole file, and an
+    earlier run's OOM must not explain this one. The previous run's log is kept beside it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if log_path.exists():
+        log_path.replace(log_path.with_name(log_path.name + ".1"))
+    with open(log_path, "wb") as fh:
+        fh.write(header.encode())
+
+
+def _make_bind_sources(plan: LaunchPlan) -> None:
+    """Create missing bind-mount sources (the HF cache) as the user: the daemon would create
+    them owned by root, and the host's own Hugging Face tools could no longer write there."""
+    assert plan.container is not None
+    for source in plan.container.volumes:
+        if source.startswith("/"):
+            try:
+                Path(source).mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # the daemon reports a bind it cannot make
 
 
 def serve_docker(plan: LaunchPlan, request, reporter) -> dict[str, Any]:
@@ -253,21 +353,29 @@ def serve_docker(plan: LaunchPlan, request, reporter) -> dict[str, Any]:
 
     from msmall import health, state
     from msmall.launcher import failure_from_log, signals_deferred, sigterm_as_interrupt
-    from msmall.supervisor import ensure_port_free
+    from msmall.supervisor import ensure_port_free, pid_alive
 
     assert plan.container is not None and plan.image is not None
     secrets = [plan.api_key, plan.container.environment.get("HF_TOKEN")]
+    existing = state.load(plan.deployment)
+    if existing and existing.pid is not None and pid_alive(existing.pid, existing.pid_create_time):
+        raise ConfigError(
+            f"a deployment named '{plan.deployment}' is already running ({existing.base_url})",
+            f"Stop it with `msmall stop {plan.deployment}`, or pick another --name.",
+        )
     cli = client()
     for warning in preflight(cli, request.force):
         reporter.warn(warning)
+    # Before the port check: a live container of this deployment holds the port too, and
+    # "stop it with msmall stop" is the useful answer, not "port in use".
+    check_name_free(cli, plan)
     host, port = plan.container.ports[next(iter(plan.container.ports))]
     ensure_port_free(host, port)
     ensure_image(cli, plan.image, request.pull, reporter)
+    _make_bind_sources(plan)
 
     log_path = state.log_path_for(plan.deployment)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as fh:
-        fh.write(f"--- msmall: starting {plan.image} for {plan.deployment}\n".encode())
+    _fresh_log(log_path, f"--- msmall: starting {plan.image} for {plan.deployment}\n")
 
     container = None
     detached_ok = False
@@ -280,9 +388,14 @@ def serve_docker(plan: LaunchPlan, request, reporter) -> dict[str, Any]:
                 container.start()
             except docker.errors.APIError as exc:
                 text = exc.explanation or str(exc)
-                if "could not select device driver" in text:
+                if "could not select device driver" in text or "CDI device injection" in text:
                     raise EnvironmentProblem(
                         f"Docker cannot give the container a GPU: {_short(text)}", TOOLKIT_FIX
+                    ) from None
+                if "port is already allocated" in text or "address already in use" in text:
+                    raise EnvironmentProblem(
+                        f"port {port} on {host} is already in use: {_short(text)}",
+                        f"Stop what runs there (`msmall ps`), or pick another port with --port {port + 1}.",
                     ) from None
                 raise EngineUnavailable(f"the container did not start: {_short(text)}") from None
             pump = LogPump(container, log_path)
@@ -442,11 +555,18 @@ def msmall_containers(deployment: str | None = None) -> list[Any]:
 
     if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
         return []
+    import docker
+    import requests
+
     cli = _maybe_client()
     if cli is None:
         return []
     label = f"{LABEL_DEPLOYMENT}={deployment}" if deployment else LABEL_DEPLOYMENT
-    return cli.containers.list(all=True, filters={"label": label})
+    try:
+        # ignore_removed: a container stopped by someone else while we list is no error.
+        return cli.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+    except (docker.errors.DockerException, requests.RequestException):
+        return []
 
 
 def orphan_containers() -> list[dict[str, Any]]:
@@ -454,22 +574,34 @@ def orphan_containers() -> list[dict[str, Any]]:
     out = []
     for c in msmall_containers():
         ports = (c.attrs.get("HostConfig") or {}).get("PortBindings") or {}
-        binding = next(iter(ports.values()), [{}])[0] if ports else {}
+        binding = (next(iter(ports.values())) or [{}])[0] if ports else {}
         host = binding.get("HostIp") or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        base_url = f"http://{host}:{binding.get('HostPort', '?')}"
+        running = c.status == "running"
+        probed = _probe_stage(base_url) if running and binding.get("HostPort") else "stale"
         out.append(
             {
                 "name": c.labels.get(LABEL_DEPLOYMENT, c.name),
                 "profile": c.labels.get(LABEL_PROFILE, ""),
                 "backend": "docker",
-                "base_url": f"http://{host}:{binding.get('HostPort', '?')}",
+                "base_url": base_url,
                 "container_id": c.id,
                 "pid": None,
-                "running": c.status == "running",
-                "health": "unknown",
+                "running": running,
+                "health": probed,
                 "status": f"{c.status} (found by label, no record)",
             }
         )
     return out
+
+
+def _probe_stage(base_url: str) -> str:
+    from msmall import health
+
+    with health._client(base_url, None, 1.0) as http:
+        return health.probe(http, "vllm", None).stage
 
 
 def stop_container_by_deployment(name: str) -> bool:

@@ -49,6 +49,40 @@ def check_exposure(host: str, api_key: str | None, backend: str) -> list[str]:
     return []
 
 
+@dataclass
+class Endpoint:
+    host: str  # the address the server binds
+    port: int
+    base_url: str  # where msmall and clients connect
+    warnings: list[str]
+
+
+def endpoint(profile: Profile, options: PlanOptions, backend: str) -> Endpoint:
+    host = options.host or profile.serving.host
+    port = options.port or profile.port_for(backend)
+    warnings = check_exposure(host, options.api_key, backend)
+    # A server bound to every interface is reached on loopback.
+    connect = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in connect:
+        connect = f"[{connect}]"
+    return Endpoint(host, port, f"http://{connect}:{port}", warnings)
+
+
+def common_fields(profile: Profile, options: PlanOptions, ep: Endpoint) -> dict:
+    """The LaunchPlan fields every backend fills the same way."""
+    sv = profile.serving
+    return {
+        "profile": profile.name,
+        "deployment": options.deployment or profile.name,
+        "base_url": ep.base_url,
+        "vision": sv.vision,
+        "images_per_prompt": sv.images_per_prompt if sv.vision else 0,
+        "tools": sv.tools,
+        "max_model_len": sv.max_model_len,
+        "warnings": ep.warnings,
+    }
+
+
 def build_plan(profile: Profile, options: PlanOptions | None = None) -> LaunchPlan:
     options = options or PlanOptions()
     backend = resolve_backend(profile, options)

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from msmall import engines
-from msmall.backends import PlanOptions, check_exposure
+from msmall.backends import PlanOptions, common_fields, endpoint
 from msmall.backends.vllm import secret_env, target_vllm_version, vllm_flags
 from msmall.plan import ContainerSpec, LaunchPlan, docker_run_argv
 from msmall.profiles import Profile
@@ -32,10 +32,9 @@ def container_name(deployment: str) -> str:
 def plan_docker(profile: Profile, options: PlanOptions) -> LaunchPlan:
     # The image brings its own vLLM: the host's installed vllm says nothing about it.
     version = target_vllm_version(options, use_installed=False)
-    host = options.host or profile.serving.host
-    port = options.port or profile.port_for("docker")
-    warnings = check_exposure(host, options.api_key, "docker")
-    deployment = options.deployment or profile.name
+    ep = endpoint(profile, options, "docker")
+    fields = common_fields(profile, options, ep)
+    deployment = fields["deployment"]
     image = f"{IMAGE_REPO}:{engines.docker_image_tag(version, options.driver_major)}"
     # Inside the container vLLM must listen on every interface for the published port to reach
     # it; exposure is decided by the host side of the port mapping.
@@ -52,30 +51,22 @@ def plan_docker(profile: Profile, options: PlanOptions) -> LaunchPlan:
         image=image,
         command=command,
         environment=environment,
-        ports={f"{CONTAINER_PORT}/tcp": (host, port)},
+        ports={f"{CONTAINER_PORT}/tcp": (ep.host, ep.port)},
         volumes={host_hf_cache(): {"bind": CONTAINER_HF_CACHE, "mode": "rw"}},
         gpu_count=-1,
         ipc_mode="host",
         labels={"msmall.deployment": deployment, "msmall.profile": profile.name},
     )
     argv = docker_run_argv(spec)
-    connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return LaunchPlan(
-        profile=profile.name,
+        **fields,
         backend="docker",
-        deployment=deployment,
         argv=argv,
         env={},
-        base_url=f"http://{connect}:{port}",
         served_model_name=profile.serving.served_model_name,
         flavor="vllm",
         engine_version=version,
-        vision=profile.serving.vision,
-        images_per_prompt=profile.serving.images_per_prompt if profile.serving.vision else 0,
-        tools=profile.serving.tools,
-        max_model_len=profile.serving.max_model_len,
         image=image,
         container=spec,
         api_key=options.api_key,
-        warnings=warnings,
     )

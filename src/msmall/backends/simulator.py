@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from msmall.backends import PlanOptions, check_exposure
+from msmall.backends import PlanOptions, common_fields, endpoint
 from msmall.backends.vllm import secret_env
 from msmall.plan import LaunchPlan
 from msmall.profiles import Profile
@@ -12,14 +12,12 @@ from msmall.profiles import Profile
 
 def plan_simulator(profile: Profile, options: PlanOptions) -> LaunchPlan:
     sv = profile.serving
-    host = options.host or sv.host
-    port = options.port or profile.port_for("simulator")
-    warnings = check_exposure(host, options.api_key, "simulator")
+    ep = endpoint(profile, options, "simulator")
     argv = [
         sys.executable, "-m", "msmall.simulator",
         "--flavor", "vllm",
-        "--host", host,
-        "--port", str(port),
+        "--host", ep.host,
+        "--port", str(ep.port),
         "--served-model-name", sv.served_model_name,
     ]  # fmt: skip
     if sv.max_model_len != "auto":
@@ -28,21 +26,12 @@ def plan_simulator(profile: Profile, options: PlanOptions) -> LaunchPlan:
         argv.append("--no-vision")
     # For the simulator, extra_args are its own knobs (--startup-delay, --fail ...).
     argv += sv.extra_args
-    connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return LaunchPlan(
-        profile=profile.name,
+        **common_fields(profile, options, ep),
         backend="simulator",
-        deployment=options.deployment or profile.name,
         argv=argv,
         env={**sv.env, **secret_env(options.api_key)},
-        base_url=f"http://{connect}:{port}",
         served_model_name=sv.served_model_name,
         flavor="vllm",
-        engine_version=None,
-        vision=sv.vision,
-        images_per_prompt=sv.images_per_prompt if sv.vision else 0,
-        tools=sv.tools,
-        max_model_len=sv.max_model_len,
         api_key=options.api_key,
-        warnings=warnings,
     )

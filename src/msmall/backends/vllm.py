@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from msmall import engines
-from msmall.backends import PlanOptions, check_exposure
+from msmall.backends import PlanOptions, common_fields, endpoint
 from msmall.errors import ConfigError
 from msmall.plan import LaunchPlan
 from msmall.profiles import Profile
@@ -83,26 +83,15 @@ def secret_env(api_key: str | None) -> dict[str, str]:
 
 def plan_vllm(profile: Profile, options: PlanOptions) -> LaunchPlan:
     version = target_vllm_version(options)
-    host = options.host or profile.serving.host
-    port = options.port or profile.port_for("vllm")
-    warnings = check_exposure(host, options.api_key, "vllm")
-    model = profile.model.hf_repo
-    argv = ["vllm", "serve", model, *vllm_flags(profile, version, host, port)]
-    connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    ep = endpoint(profile, options, "vllm")
+    argv = ["vllm", "serve", profile.model.hf_repo, *vllm_flags(profile, version, ep.host, ep.port)]
     return LaunchPlan(
-        profile=profile.name,
+        **common_fields(profile, options, ep),
         backend="vllm",
-        deployment=options.deployment or profile.name,
         argv=argv,
         env={**profile.serving.env, **secret_env(options.api_key)},
-        base_url=f"http://{connect}:{port}",
         served_model_name=profile.serving.served_model_name,
         flavor="vllm",
         engine_version=version,
-        vision=profile.serving.vision,
-        images_per_prompt=profile.serving.images_per_prompt if profile.serving.vision else 0,
-        tools=profile.serving.tools,
-        max_model_len=profile.serving.max_model_len,
         api_key=options.api_key,
-        warnings=warnings,
     )
