@@ -14,7 +14,13 @@ DATA_DIR = TESTS_DIR / "data"
 FAKES_DIR = TESTS_DIR / "fakes"
 REPO_ROOT = TESTS_DIR.parent
 
-SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY", "MSMALL_API_KEY", "OPENAI_API_KEY")
+SECRET_VARS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "VLLM_API_KEY",
+    "MSMALL_API_KEY",
+    "OPENAI_API_KEY",
+)
 
 
 @pytest.fixture(autouse=True)

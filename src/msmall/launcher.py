@@ -255,9 +255,11 @@ def _serve_process(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) 
     host, port = _host_port(plan)
     log_path = state.log_path_for(plan.deployment)
     existing = state.load(plan.deployment)
-    if existing and (
-        existing.pid is None or supervisor.pid_alive(existing.pid, existing.pid_create_time)
-    ) and not existing.external:
+    if (
+        existing
+        and (existing.pid is None or supervisor.pid_alive(existing.pid, existing.pid_create_time))
+        and not existing.external
+    ):
         raise ConfigError(
             f"a deployment named '{plan.deployment}' is already running ({existing.base_url})",
             f"Stop it with `msmall stop {plan.deployment}`, or pick another --name.",
