@@ -611,3 +611,27 @@ def test_docs_show_the_docker_run_line_of_every_gpu_profile(
             f"`HF_TOKEN=x msmall serve --profile {name} --backend docker --dry-run`"
         )
         assert SECRET not in shown
+
+
+@pytest.mark.parametrize(("scenario", "tag"), [("1x4090", "v0.33.0-cu129"), ("h100", "v0.33.0")])
+def test_image_tag_follows_the_host_driver(
+    fake_docker,
+    fakes_on_path,
+    free_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: str,
+    tag: str,
+) -> None:
+    # R550 cannot run the CUDA 13 images vLLM ships from 0.20 on; R590 can.
+    fake = fake_docker()
+    monkeypatch.setenv("DOCKER_HOST", fake.docker_host)
+    monkeypatch.setenv("MSMALL_GPU_SOURCE", "nvidia-smi")
+    monkeypatch.setenv("FAKE_NVIDIA_SMI_SCENARIO", scenario)
+    request = ServeRequest(
+        profile="demo", options=PlanOptions(backend="docker", port=free_port),
+        smoke=False, check_only=True,
+    )  # fmt: skip
+    result = serve(request, Recorder())
+    assert result["image"] == f"vllm/vllm-openai:{tag}"
+    assert fake.containers[-1]["Image"] == f"vllm/vllm-openai:{tag}"
+    assert_nothing_left(fake, free_port)

@@ -326,16 +326,6 @@ def remove_container(container, stop: bool = True) -> None:
         pass
 
 
-def _fresh_log(log_path: Path, header: str) -> None:
-    """One run per log file: the live view and the failure diagnosis read the whole file, and an
-    earlier run's OOM must not explain this one. The previous run's log is kept beside it."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    if log_path.exists():
-        log_path.replace(log_path.with_name(log_path.name + ".1"))
-    with open(log_path, "wb") as fh:
-        fh.write(header.encode())
-
-
 def _make_bind_sources(plan: LaunchPlan) -> None:
     """Create missing bind-mount sources (the HF cache) as the user: the daemon would create
     them owned by root, and the host's own Hugging Face tools could no longer write there."""
@@ -352,8 +342,13 @@ def serve_docker(plan: LaunchPlan, request, reporter) -> dict[str, Any]:
     import docker
 
     from msmall import health, state
-    from msmall.launcher import failure_from_log, signals_deferred, sigterm_as_interrupt
-    from msmall.supervisor import ensure_port_free, pid_alive
+    from msmall.launcher import (
+        failure_from_log,
+        finish_ready,
+        signals_deferred,
+        sigterm_as_interrupt,
+    )
+    from msmall.supervisor import ensure_port_free, fresh_log, pid_alive
 
     assert plan.container is not None and plan.image is not None
     secrets = [plan.api_key, plan.container.environment.get("HF_TOKEN")]
@@ -375,7 +370,7 @@ def serve_docker(plan: LaunchPlan, request, reporter) -> dict[str, Any]:
     _make_bind_sources(plan)
 
     log_path = state.log_path_for(plan.deployment)
-    _fresh_log(log_path, f"--- msmall: starting {plan.image} for {plan.deployment}\n")
+    fresh_log(log_path, f"--- msmall: starting {plan.image} for {plan.deployment}\n")
 
     container = None
     detached_ok = False
@@ -436,55 +431,17 @@ def serve_docker(plan: LaunchPlan, request, reporter) -> dict[str, Any]:
                 raise failure_from_log(log_path, "docker", headline, secrets) from None
             ready_after = time.monotonic() - started
 
-            smoke_report = None
-            if request.smoke:
-                reporter.stage(
-                    "smoke checks: chat, streaming, tools" + (", vision" if plan.vision else "")
-                )
-                smoke_report = health.smoke(
-                    plan.base_url, plan.served_model_name, api_key=plan.api_key,
-                    tools=plan.tools, vision=plan.vision, flavor="vllm", on_result=reporter.check,
-                )  # fmt: skip
-                if not smoke_report.ok:
-                    failed = [c for c in smoke_report.checks if not c.ok and not c.skipped]
-                    raise EndpointUnhealthy(
-                        "smoke check failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed),
-                        next((c.fix for c in failed if c.fix), "See `msmall logs`."),
-                    )
-            result = {
-                "deployment": plan.deployment,
-                "profile": plan.profile,
-                "backend": "docker",
-                "base_url": plan.base_url,
-                "openai_base_url": plan.openai_base_url,
-                "model": plan.served_model_name,
-                "container_id": container.id,
-                "image": plan.image,
-                "log_path": str(log_path),
-                "ready_after_s": round(ready_after, 3),
-                "smoke": smoke_report.to_dict() if smoke_report else None,
-                "detached": request.detach,
-            }
-            if request.check_only:
-                reporter.stage(f"all checks passed at {plan.openai_base_url}; stopping (--check)")
-                return result
-            state.save(
-                state.Deployment(
-                    name=plan.deployment, profile=plan.profile, backend="docker",
-                    base_url=plan.base_url, served_model_name=plan.served_model_name,
-                    flavor="vllm", log_path=str(log_path), container_id=container.id,
-                    plan=plan.to_public_dict(),
-                )
-            )  # fmt: skip
-            if request.detach:
-                detached_ok = True
-                reporter.stage(
-                    f"ready at {plan.openai_base_url} (detached; `msmall stop {plan.deployment}`)"
-                )
-                return result
-            reporter.stage(
-                f"ready at {plan.openai_base_url}  model {plan.served_model_name}  (Ctrl-C stops)"
+            result, next_step = finish_ready(
+                plan,
+                request,
+                reporter,
+                log_path=log_path,
+                ready_after=ready_after,
+                container_id=container.id,
             )
+            if next_step != "foreground":
+                detached_ok = next_step == "detached"
+                return result
             while container_state(container)[0] == "running":
                 follower.pump()
                 time.sleep(0.5)

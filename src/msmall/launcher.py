@@ -232,12 +232,13 @@ def serve(request: ServeRequest, reporter: Reporter | None = None) -> dict[str, 
     )
     for note in notes:
         reporter.info(note)
-    prof = preflight(prof, plan, request.force, reporter)
     options = request.options
     if plan.backend == "docker" and options.driver_major is None:
         # Default images from vLLM 0.20 on need an R580+ driver; older drivers get -cu129.
         options = replace(options, driver_major=_host_driver_major())
-    if prof.serving.max_model_len != plan.max_model_len or options is not request.options:
+        plan = build_plan(prof, options)
+    prof = preflight(prof, plan, request.force, reporter)
+    if prof.serving.max_model_len != plan.max_model_len:
         plan = build_plan(prof, options)
     for warning in plan.warnings:
         reporter.warn(warning)
@@ -322,66 +323,19 @@ def _serve_process(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) 
             if plan.backend == "ollama":
                 _prepare_ollama(plan, request, reporter)
 
-            smoke_report = None
-            if request.smoke:
-                reporter.stage(
-                    "smoke checks: chat, streaming, tools" + (", vision" if plan.vision else "")
-                )
-                smoke_report = health.smoke(
-                    plan.base_url,
-                    plan.served_model_name,
-                    api_key=plan.api_key,
-                    tools=plan.tools,
-                    vision=plan.vision,
-                    flavor=plan.flavor,
-                    on_result=reporter.check,
-                )
-                if not smoke_report.ok:
-                    failed = [c for c in smoke_report.checks if not c.ok and not c.skipped]
-                    raise EndpointUnhealthy(
-                        "smoke check failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed),
-                        next((c.fix for c in failed if c.fix), "See `msmall logs`."),
-                    )
-
-            result = {
-                "deployment": plan.deployment,
-                "profile": plan.profile,
-                "backend": plan.backend,
-                "base_url": plan.base_url,
-                "openai_base_url": plan.openai_base_url,
-                "model": plan.served_model_name,
-                "pid": proc.pid if proc else None,
-                "log_path": str(log_path),
-                "ready_after_s": round(ready_after, 3),
-                "smoke": smoke_report.to_dict() if smoke_report else None,
-                "detached": request.detach,
-            }
-            if request.check_only:
-                reporter.stage(f"all checks passed at {plan.openai_base_url}; stopping (--check)")
-                return result
-            dep = state.Deployment(
-                name=plan.deployment,
-                profile=plan.profile,
-                backend=plan.backend,
-                base_url=plan.base_url,
-                served_model_name=plan.served_model_name,
-                flavor=plan.flavor,
-                log_path=str(log_path),
+            result, next_step = finish_ready(
+                plan,
+                request,
+                reporter,
+                log_path=log_path,
+                ready_after=ready_after,
                 pid=proc.pid if proc else None,
                 pid_create_time=proc.create_time if proc else 0.0,
                 external=external,
-                plan=plan.to_public_dict(),
             )
-            state.save(dep)
-            if request.detach:
-                detached_ok = True
-                reporter.stage(
-                    f"ready at {plan.openai_base_url} (detached; `msmall stop {plan.deployment}`)"
-                )
+            if next_step != "foreground":
+                detached_ok = next_step == "detached"
                 return result
-            reporter.stage(
-                f"ready at {plan.openai_base_url}  model {plan.served_model_name}  (Ctrl-C stops)"
-            )
             _wait_foreground(proc, follower, plan, log_path, secrets)
             return result
         except KeyboardInterrupt:
@@ -397,6 +351,83 @@ def _serve_process(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) 
                     current = state.load(plan.deployment)
                     if current is not None and (proc is None or current.pid == proc.pid):
                         state.remove(plan.deployment)
+
+
+def finish_ready(
+    plan: LaunchPlan,
+    request: ServeRequest,
+    reporter: Reporter,
+    *,
+    log_path: Path,
+    ready_after: float,
+    **ids: Any,
+) -> tuple[dict[str, Any], str]:
+    """Smoke checks, the result, the state record, for every backend once the server is ready.
+
+    `ids` say what runs it (pid, pid_create_time, external, or container_id). Returns the result
+    and what the caller does next: "done" (--check: stop the server), "detached" (leave it
+    running) or "foreground" (serve until Ctrl-C).
+    """
+    from msmall import health, state
+
+    smoke_report = None
+    if request.smoke:
+        reporter.stage("smoke checks: chat, streaming, tools" + (", vision" if plan.vision else ""))
+        smoke_report = health.smoke(
+            plan.base_url,
+            plan.served_model_name,
+            api_key=plan.api_key,
+            tools=plan.tools,
+            vision=plan.vision,
+            flavor=plan.flavor,
+            on_result=reporter.check,
+        )
+        if not smoke_report.ok:
+            failed = [c for c in smoke_report.checks if not c.ok and not c.skipped]
+            raise EndpointUnhealthy(
+                "smoke check failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed),
+                next((c.fix for c in failed if c.fix), "See `msmall logs`."),
+            )
+    result = {
+        "deployment": plan.deployment,
+        "profile": plan.profile,
+        "backend": plan.backend,
+        "base_url": plan.base_url,
+        "openai_base_url": plan.openai_base_url,
+        "model": plan.served_model_name,
+        "pid": ids.get("pid"),
+        "container_id": ids.get("container_id"),
+        "image": plan.image,
+        "log_path": str(log_path),
+        "ready_after_s": round(ready_after, 3),
+        "smoke": smoke_report.to_dict() if smoke_report else None,
+        "detached": request.detach,
+    }
+    if request.check_only:
+        reporter.stage(f"all checks passed at {plan.openai_base_url}; stopping (--check)")
+        return result, "done"
+    state.save(
+        state.Deployment(
+            name=plan.deployment,
+            profile=plan.profile,
+            backend=plan.backend,
+            base_url=plan.base_url,
+            served_model_name=plan.served_model_name,
+            flavor=plan.flavor,
+            log_path=str(log_path),
+            plan=plan.to_public_dict(),
+            **ids,
+        )
+    )
+    if request.detach:
+        reporter.stage(
+            f"ready at {plan.openai_base_url} (detached; `msmall stop {plan.deployment}`)"
+        )
+        return result, "detached"
+    reporter.stage(
+        f"ready at {plan.openai_base_url}  model {plan.served_model_name}  (Ctrl-C stops)"
+    )
+    return result, "foreground"
 
 
 def _wait_foreground(proc, follower, plan: LaunchPlan, log_path: Path, secrets) -> None:

@@ -81,12 +81,21 @@ class ServerProcess:
         stop_process_group(self.pid, self.create_time, grace_s, self._popen)
 
 
+def fresh_log(log_path: Path, header: str) -> None:
+    """One run per log file: the live view and the failure diagnosis read the whole file, and an
+    earlier run's OOM must not explain this one. The previous run's log is kept beside it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if log_path.exists():
+        log_path.replace(log_path.with_name(log_path.name + ".1"))
+    with open(log_path, "wb") as fh:
+        fh.write(header.encode())
+
+
 def start_process(plan: LaunchPlan, log_path: Path) -> ServerProcess:
     argv = resolve_executable(plan.argv)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
+    fresh_log(log_path, f"--- msmall: starting {plan.backend} for {plan.deployment}\n")
     with open(log_path, "ab", buffering=0) as log:
-        log.write(f"--- msmall: starting {plan.backend} for {plan.deployment}\n".encode())
         try:
             popen = subprocess.Popen(
                 argv,
