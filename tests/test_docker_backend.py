@@ -443,6 +443,18 @@ def test_detach_ps_logs_stop(fake_docker, free_port: int, isolated_world: Path) 
         lines = logs.stdout.splitlines()
         assert 0 < len(lines) <= 50
         assert any('"POST /v1/chat/completions HTTP/1.1" 200' in line for line in lines)
+
+        # Daemon out of reach: the container's state is unknown, not "gone", and the record
+        # survives a failed stop so the container can still be stopped later.
+        away = {**env, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+        ps_away = json.loads(run("ps", "--json", env=away).stdout)
+        assert [(d["name"], d["running"], d["health"]) for d in ps_away] == [
+            ("demo", None, "unknown")
+        ]
+        stop_away = run("stop", "demo", env=away)
+        assert stop_away.returncode == 4
+        assert "Docker daemon" in stop_away.stderr
+        assert (isolated_world / "state" / "deployments" / "demo.json").exists()
     finally:
         stopped = run("stop", "demo", env=env)
     assert stopped.returncode == 0, stopped.stderr

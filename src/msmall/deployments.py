@@ -12,7 +12,8 @@ from msmall.errors import ConfigError
 FOLLOW_POLL_S = 0.2
 
 
-def is_running(dep: state.Deployment) -> bool:
+def is_running(dep: state.Deployment) -> bool | None:
+    """None when it cannot be told (a container whose daemon is unreachable)."""
     if dep.container_id:
         from msmall.docker_runtime import container_running
 
@@ -28,6 +29,13 @@ def live_status(dep: state.Deployment) -> dict[str, Any]:
     from msmall import health
 
     running = is_running(dep)
+    if running is None:
+        return {
+            **state.dumps_public(dep),
+            "running": None,
+            "health": "unknown",
+            "status": "unknown (Docker daemon unreachable)",
+        }
     health_state = "stale"
     if running:
         with health._client(dep.base_url, None, 1.0) as client:

@@ -481,24 +481,27 @@ def _maybe_client():
         return None
 
 
-def container_running(container_id: str) -> bool:
+def container_running(container_id: str) -> bool | None:
+    """True/False from the daemon; None when the daemon cannot be asked (status unknown)."""
     import docker
 
     cli = _maybe_client()
     if cli is None:
-        return False
+        return None
     try:
         return cli.containers.get(container_id).status == "running"
-    except docker.errors.DockerException:
+    except docker.errors.NotFound:
         return False
+    except docker.errors.DockerException:
+        return None
 
 
 def stop_container(container_id: str) -> bool:
+    """Stop and remove; False when the container is already gone. An unreachable daemon is an
+    error, not "gone": the record must survive so the container can still be stopped later."""
     import docker
 
-    cli = _maybe_client()
-    if cli is None:
-        return False
+    cli = client()
     try:
         remove_container(cli.containers.get(container_id))
         return True
