@@ -609,6 +609,7 @@ def test_docs_show_the_docker_run_line_of_every_gpu_profile(
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     docs = (REPO_ROOT / "docs" / "docker.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     gpu_profiles = [n for n in profile_names() if load_profile(n).hardware.gpu_count > 0]
     assert len(gpu_profiles) >= 4
     for name in gpu_profiles:
@@ -622,6 +623,9 @@ def test_docs_show_the_docker_run_line_of_every_gpu_profile(
             f"docs/docker.md is out of date for {name}: regenerate its block with "
             f"`HF_TOKEN=x msmall serve --profile {name} --backend docker --dry-run`"
         )
+        assert (
+            f"# profile {name}, backend docker, vLLM {plan.engine_version}\n{shown}\n" in readme
+        ), f"README's Docker section is out of date for {name}"
         assert SECRET not in shown
 
 

@@ -193,3 +193,19 @@ def test_port_held_by_something_else_is_refused_for_ollama(engine_env, free_port
         result = serve(engine_env, "-p", "4090-q4", "--port", str(free_port), "--check")
     assert result.returncode == 3
     assert "already in use" in result.stderr
+
+
+def test_serve_without_profile_uses_the_recommended_one(engine_env, free_port: int) -> None:
+    env = {**engine_env, "MSMALL_GPU_SOURCE": "nvidia-smi", "FAKE_NVIDIA_SMI_SCENARIO": "1x4090"}
+    result = serve(env, "--port", str(free_port), "--check", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "using profile 4090-q4" in result.stderr
+    assert json.loads(result.stdout)["profile"] == "4090-q4"
+    assert_nothing_left(free_port)
+
+
+def test_serve_without_profile_and_without_gpu_points_to_the_demo(engine_env) -> None:
+    result = serve(engine_env)
+    assert result.returncode == 3
+    assert "no shipped profile fits this machine" in result.stderr
+    assert "--profile demo" in result.stderr

@@ -21,6 +21,7 @@ from msmall.errors import (
     ConfigError,
     EndpointUnhealthy,
     EngineUnavailable,
+    EnvironmentProblem,
     Interrupted,
     MsmallError,
 )
@@ -84,7 +85,7 @@ def choose_profile(profile_ref: str | None, read_hardware: bool) -> tuple[str, l
             name, why = recommend_for_this_machine()
             if name:
                 return name, [f"using profile {name}: {why}"]
-            raise ConfigError(
+            raise EnvironmentProblem(
                 f"no --profile given and no shipped profile fits this machine ({why})",
                 "Run `msmall doctor` for details, or `msmall serve --profile demo` for the simulator.",
             )
