@@ -333,3 +333,35 @@ def test_api_key_is_used_and_never_shown(free_port: int, isolated_world: Path) -
     finally:
         run("stop", "--all")
     assert_nothing_left(free_port)
+
+
+def test_simulate_command_runs_the_simulator_in_the_foreground(free_port: int) -> None:
+    import httpx
+
+    proc = subprocess.Popen(
+        msmall_cmd("simulate", "--flavor", "ollama", "--port", str(free_port), "--quiet"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + WAIT_S
+        answer = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{free_port}/", timeout=0.5, trust_env=False)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        assert answer is not None and answer.text == "Ollama is running"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT_S) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_simulate_rejects_an_unknown_flavor() -> None:
+    result = run("simulate", "--flavor", "tgi")
+    assert result.returncode == 2
+    assert "--flavor must be vllm or ollama" in result.stderr
