@@ -121,7 +121,10 @@ class LiveReporter:
         self._live.update(self._render())
 
     def _print(self, text: str, style: str = "") -> None:
-        self._live.console.print(text, markup=False, highlight=False, style=style)
+        from rich.text import Text
+
+        # A styled Text, not print(style=...): the latter leaks into the live panel's next render.
+        self._live.console.print(Text(text, style=style), highlight=False)
 
     def stage(self, text: str) -> None:
         self._stage = text
