@@ -651,3 +651,19 @@ def test_image_tag_follows_the_host_driver(
     assert result["image"] == f"vllm/vllm-openai:{tag}"
     assert fake.containers[-1]["Image"] == f"vllm/vllm-openai:{tag}"
     assert_nothing_left(fake, free_port)
+
+
+def test_profile_gpu_ids_become_device_ids(
+    fake_docker, free_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = fake_docker(images=[demo_image()])
+    monkeypatch.setenv("DOCKER_HOST", fake.docker_host)
+    request = ServeRequest(
+        profile="demo", overrides=["gpu_ids=[1]"],
+        options=PlanOptions(backend="docker", port=free_port), smoke=False, check_only=True,
+    )  # fmt: skip
+    serve(request, Recorder())
+    (device_request,) = fake.containers[-1]["HostConfig"]["DeviceRequests"]
+    assert device_request["DeviceIDs"] == ["1"]
+    assert device_request["Capabilities"] == [["gpu"]]
+    assert_nothing_left(fake, free_port)

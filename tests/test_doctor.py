@@ -23,7 +23,7 @@ from msmall import doctor, fit
 from msmall.backends import PlanOptions, build_plan
 from msmall.errors import ConfigError, EnvironmentProblem
 from msmall.hardware import Disk, Inventory, read_inventory
-from msmall.profiles import load_profile
+from msmall.profiles import load_profile, parse_set
 
 SCENARIOS = ("none", "1x4090", "2x4090", "4090-8gb-used", "h100", "3090", "old-470")
 RECOMMENDED = {
@@ -671,3 +671,17 @@ def test_help_stays_light() -> None:
     )
     assert done.stdout.strip() == "[]"
     assert "doctor" in _run("--help").stdout
+
+
+def test_gpu_ids_pick_the_gpus_the_fit_is_judged_on(gpus) -> None:
+    # One 4090 has 8 GB in use; naming the other (free) card makes the launch possible.
+    gpus("2x4090")
+    inv = read_inventory()
+    busy = inv.gpus[0]
+    busy.memory_used_mib, busy.memory_free_mib = 20000, busy.memory_total_mib - 20000
+    on_busy = load_profile("4090-q4", parse_set(["gpu_ids=[0]", "backend=vllm"]))
+    with pytest.raises(EnvironmentProblem) as refused:
+        doctor.preflight(on_busy, _plan(on_busy), inventory=inv)
+    assert "does not fit" in refused.value.message
+    on_free = load_profile("4090-q4", parse_set(["gpu_ids=[1]", "backend=vllm"]))
+    assert doctor.preflight(on_free, _plan(on_free), inventory=inv) is on_free

@@ -649,3 +649,50 @@ def test_invalid_values_always_raise_config_error(bad: str, good: list[str], pro
         build_plan(prof, PlanOptions(detect_installed=False))
     key = bad.partition("=")[0]
     assert key in info.value.message
+
+
+# --- hardware.gpu_ids: which GPUs a deployment uses ---------------------------------------------
+
+
+def test_gpu_ids_reach_every_backend() -> None:
+    from msmall.backends import PlanOptions, build_plan
+    from msmall.profiles import load_profile, parse_set
+
+    prof = load_profile("2x4090-fp8-vision", parse_set(["gpu_ids=[2, 3]"]))
+    assert prof.hardware.gpu_ids == ["2", "3"]
+    for backend in ("vllm", "ollama", "simulator"):
+        plan = build_plan(prof, PlanOptions(backend=backend, vllm_version="0.33.0"))
+        assert plan.env["CUDA_VISIBLE_DEVICES"] == "2,3", backend
+    docker = build_plan(prof, PlanOptions(backend="docker"))
+    assert docker.container is not None
+    assert docker.container.gpu_device_ids == ["2", "3"]
+    assert "CUDA_VISIBLE_DEVICES" not in docker.container.environment
+    assert "--gpus '\"device=2,3\"'" in docker.docker_run()
+
+
+def test_gpu_ids_default_is_all_gpus() -> None:
+    from msmall.backends import PlanOptions, build_plan
+    from msmall.profiles import load_profile
+
+    prof = load_profile("2x4090-fp8-vision")
+    plan = build_plan(prof, PlanOptions(backend="vllm", vllm_version="0.33.0"))
+    assert "CUDA_VISIBLE_DEVICES" not in plan.env
+    docker = build_plan(prof, PlanOptions(backend="docker"))
+    assert "--gpus all" in docker.docker_run()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[0]", "lists 1 GPU(s) but serving.tensor_parallel_size is 2"),
+        ("[zero, one]", "'zero' is neither a GPU index nor a GPU-/MIG- UUID"),
+        ("[]", "must be a list of GPU indices or UUIDs"),
+    ],
+)
+def test_bad_gpu_ids_are_refused(value: str, message: str) -> None:
+    from msmall.errors import ConfigError
+    from msmall.profiles import load_profile, parse_set
+
+    with pytest.raises(ConfigError) as err:
+        load_profile("2x4090-fp8-vision", parse_set([f"gpu_ids={value}"]))
+    assert message in str(err.value)

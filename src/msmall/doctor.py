@@ -196,9 +196,17 @@ def visible_gpus(gpus: Sequence[GpuInfo], selector: str | None) -> list[GpuInfo]
     return chosen
 
 
-def _gpus_for_backend(inv: Inventory, backend: str, env: dict[str, str] | None = None) -> list:
-    # The docker backend hands every GPU to the container; the host's CUDA_VISIBLE_DEVICES stays
-    # outside. The process backends inherit it (the plan's own env wins over the shell's).
+def _gpus_for_backend(
+    inv: Inventory,
+    backend: str,
+    env: dict[str, str] | None = None,
+    gpu_ids: list[str] | None = None,
+) -> list:
+    # A profile's gpu_ids choose the GPUs for every backend. Otherwise the docker backend hands
+    # every GPU to the container (the host's CUDA_VISIBLE_DEVICES stays outside), and the process
+    # backends inherit CUDA_VISIBLE_DEVICES (the plan's own env wins over the shell's).
+    if gpu_ids:
+        return visible_gpus(inv.gpus, ",".join(gpu_ids))
     if backend == "docker":
         return list(inv.gpus)
     selector = (env or {}).get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -346,7 +354,7 @@ def preflight(
     if backend == "simulator" or prof.hardware.gpu_count == 0:
         return prof
     inv = inventory if inventory is not None else read_inventory()
-    gpus = _gpus_for_backend(inv, backend, plan.env)
+    gpus = _gpus_for_backend(inv, backend, plan.env, prof.hardware.gpu_ids)
     if not gpus:
         reporter.info(
             f"no GPU readable ({inv.problem or 'none listed'}): skipping the memory check"
@@ -560,7 +568,9 @@ def _check_gpu_count(c: _Checks, inv: Inventory) -> None:
     if c.target is None or c.target.hardware.gpu_count == 0:
         return
     need = _gpus_needed(c.target)
-    have = len(_gpus_for_backend(inv, c.backend or c.target.backend))
+    have = len(
+        _gpus_for_backend(inv, c.backend or c.target.backend, None, c.target.hardware.gpu_ids)
+    )
     if have >= need:
         c.add("gpu-count", "ok", f"{c.label} needs {need} GPU(s); {have} found")
         return
@@ -938,7 +948,7 @@ def _profile_fit(prof: Profile, inv: Inventory, backend: str | None = None) -> P
             reason=report.reason,
             gpus_needed=0,
         )
-    gpus = _gpus_for_backend(inv, backend)
+    gpus = _gpus_for_backend(inv, backend, None, prof.hardware.gpu_ids)
     if not gpus:
         return ProfileFit(
             name=prof.name,
@@ -984,7 +994,7 @@ def _check_fit_now(c: _Checks, inv: Inventory, row: ProfileFit) -> None:
     if c.target is None or row.gpus_needed == 0:
         return
     backend = c.backend or c.target.backend
-    gpus = _gpus_for_backend(inv, backend)
+    gpus = _gpus_for_backend(inv, backend, None, c.target.hardware.gpu_ids)
     if not gpus:
         c.add("memory-fit", c.bad(), f"{c.label}: no GPU to load it on", DEMO_FIX)
         return

@@ -42,6 +42,24 @@ class Hardware(_Strict):
     min_cuda: str | None = Field(None, description="minimum CUDA driver version, e.g. '12.1'")
     min_ram_gib: float = Field(0, ge=0)
     min_disk_gib: float = Field(0, ge=0, description="free disk for the weights")
+    # Which GPUs to use (indices or UUIDs); default all. Processes get CUDA_VISIBLE_DEVICES,
+    # containers a DeviceRequest with these device ids.
+    gpu_ids: list[str] | None = None
+
+    @field_validator("gpu_ids", mode="before")
+    @classmethod
+    def _ids(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, (int, str)):
+            v = [p for p in str(v).split(",") if p.strip()]
+        if not isinstance(v, list) or not v:
+            raise ValueError("must be a list of GPU indices or UUIDs, e.g. [0, 1]")
+        ids = [str(i).strip() for i in v]
+        for i in ids:
+            if not (i.isdigit() or i.startswith(("GPU-", "MIG-"))):
+                raise ValueError(f"'{i}' is neither a GPU index nor a GPU-/MIG- UUID")
+        return ids
 
     @field_validator("min_cuda", mode="before")
     @classmethod
@@ -150,6 +168,11 @@ class Profile(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
         hw, sv = self.hardware, self.serving
+        if hw.gpu_ids is not None and len(hw.gpu_ids) < sv.tensor_parallel_size:
+            raise ValueError(
+                f"hardware.gpu_ids lists {len(hw.gpu_ids)} GPU(s) but "
+                f"serving.tensor_parallel_size is {sv.tensor_parallel_size}"
+            )
         if hw.gpu_count and sv.tensor_parallel_size > hw.gpu_count:
             raise ValueError(
                 f"serving.tensor_parallel_size {sv.tensor_parallel_size} needs more GPUs than "

@@ -68,6 +68,12 @@ def endpoint(profile: Profile, options: PlanOptions, backend: str) -> Endpoint:
     return Endpoint(host, port, f"http://{connect}:{port}", warnings)
 
 
+def gpu_env(profile: Profile) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES for a profile that names its GPUs (its own env setting wins)."""
+    ids = profile.hardware.gpu_ids
+    return {"CUDA_VISIBLE_DEVICES": ",".join(ids)} if ids else {}
+
+
 def common_fields(profile: Profile, options: PlanOptions, ep: Endpoint) -> dict:
     """The LaunchPlan fields every backend fills the same way."""
     sv = profile.serving

@@ -54,6 +54,7 @@ def plan_docker(profile: Profile, options: PlanOptions) -> LaunchPlan:
         ports={f"{CONTAINER_PORT}/tcp": (ep.host, ep.port)},
         volumes={host_hf_cache(): {"bind": CONTAINER_HF_CACHE, "mode": "rw"}},
         gpu_count=-1,
+        gpu_device_ids=profile.hardware.gpu_ids,
         ipc_mode="host",
         labels={"msmall.deployment": deployment, "msmall.profile": profile.name},
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from msmall.backends import PlanOptions, common_fields, endpoint
+from msmall.backends import PlanOptions, common_fields, endpoint, gpu_env
 from msmall.plan import LaunchPlan
 from msmall.profiles import Profile
 
@@ -26,6 +26,7 @@ def plan_ollama(profile: Profile, options: PlanOptions) -> LaunchPlan:
         # The OpenAI endpoint cannot set the context per request; without this Ollama picks
         # 4k/32k/256k from the VRAM size.
         env["OLLAMA_CONTEXT_LENGTH"] = str(sv.max_model_len)
+    env.update(gpu_env(profile))
     env.update(sv.env)
     if not sv.vision:
         ep.warnings.append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from msmall.backends import PlanOptions, common_fields, endpoint
+from msmall.backends import PlanOptions, common_fields, endpoint, gpu_env
 from msmall.backends.vllm import secret_env
 from msmall.plan import LaunchPlan
 from msmall.profiles import Profile
@@ -30,7 +30,7 @@ def plan_simulator(profile: Profile, options: PlanOptions) -> LaunchPlan:
         **common_fields(profile, options, ep),
         backend="simulator",
         argv=argv,
-        env={**sv.env, **secret_env(options.api_key)},
+        env={**gpu_env(profile), **sv.env, **secret_env(options.api_key)},
         served_model_name=sv.served_model_name,
         flavor="vllm",
         api_key=options.api_key,

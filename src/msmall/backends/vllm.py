@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from msmall import engines
-from msmall.backends import PlanOptions, common_fields, endpoint
+from msmall.backends import PlanOptions, common_fields, endpoint, gpu_env
 from msmall.errors import ConfigError
 from msmall.plan import LaunchPlan
 from msmall.profiles import Profile
@@ -89,7 +89,7 @@ def plan_vllm(profile: Profile, options: PlanOptions) -> LaunchPlan:
         **common_fields(profile, options, ep),
         backend="vllm",
         argv=argv,
-        env={**profile.serving.env, **secret_env(options.api_key)},
+        env={**gpu_env(profile), **profile.serving.env, **secret_env(options.api_key)},
         served_model_name=profile.serving.served_model_name,
         flavor="vllm",
         engine_version=version,
