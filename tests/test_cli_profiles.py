@@ -165,8 +165,9 @@ def test_profiles_validate_every_shipped_file(cli, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The malformed corpus: file -> expected message. "profile" errors fail `profiles validate` and
-# `serve`; "plan" errors are valid profiles whose launch plan is refused (vLLM 0.33 target).
+# The malformed corpus: file -> expected message. "profile" errors are refused by the schema;
+# "plan" errors are valid schemas whose launch plan is refused (vLLM 0.33 target). Both fail
+# `profiles validate` and `serve`.
 
 CORPUS: dict[str, tuple[str, str]] = {
     "yaml-bad-indent.yaml": ("profile", "yaml-bad-indent.yaml:4: malformed YAML: expected <block end>"),
@@ -210,15 +211,28 @@ def test_corpus_table_covers_every_file() -> None:
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_malformed_profile(cli, name: str) -> None:
-    stage, expected = CORPUS[name]
+    _stage, expected = CORPUS[name]
     path = str(MALFORMED / name)
     serve = cli("serve", "--profile", path, "--dry-run", "--vllm-version", "0.33.0")
     assert_config_error(serve, expected)
+    # validate builds the plan too, so "plan" errors fail it like "profile" errors do.
     validate = cli("profiles", "validate", path)
-    if stage == "profile":
-        assert_config_error(validate, expected)
-    else:
-        assert validate.code == 0, validate.err
+    assert_config_error(validate, expected)
+
+
+def test_profiles_validate_json(cli, tmp_path: Path) -> None:
+    good = cli("profiles", "validate", str(paths.builtin_profiles_dir() / "4090-q4.yaml"), "--json")
+    assert good.code == 0
+    assert json.loads(good.out) == {
+        "valid": True, "path": str(paths.builtin_profiles_dir() / "4090-q4.yaml"),
+        "name": "4090-q4", "backend": "ollama",
+    }  # fmt: skip
+    bad = cli("profiles", "validate", str(MALFORMED / "removed-flag.yaml"), "--json")
+    assert bad.code == 2
+    report = json.loads(bad.out)
+    assert report["valid"] is False
+    assert "--disable-mm-preprocessor-cache was removed" in report["error"]
+    assert "--mm-processor-cache-gb 0" in report["fix"]
 
 
 def test_unknown_profile_shows_known_ones_and_closest(cli) -> None:

@@ -365,3 +365,38 @@ def test_simulate_rejects_an_unknown_flavor() -> None:
     result = run("simulate", "--flavor", "tgi")
     assert result.returncode == 2
     assert "--flavor must be vllm or ollama" in result.stderr
+
+
+def test_logs_follow_prints_new_lines_and_ends_with_the_server(free_port: int) -> None:
+    import httpx
+
+    started = run("serve", "-p", "demo", "--port", str(free_port), "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    follow = subprocess.Popen(
+        msmall_cmd("logs", "demo", "-f", "-n", "0"), stdout=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in follow.stdout], daemon=True
+    ).start()
+    try:
+        # A request after `logs -f` started must show up in its output.
+        deadline = time.monotonic() + WAIT_S
+        seen = ""
+        while '"GET /v1/models HTTP/1.1" 200' not in seen and time.monotonic() < deadline:
+            httpx.get(f"http://127.0.0.1:{free_port}/v1/models", timeout=2, trust_env=False)
+            try:
+                seen += lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        assert '"GET /v1/models HTTP/1.1" 200' in seen
+        assert "Application startup complete" not in seen  # -n 0: no old lines first
+        # Stopping the server ends the follow by itself.
+        assert run("stop", "demo").returncode == 0
+        assert follow.wait(timeout=WAIT_S) == 0
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait(timeout=10)
+        run("stop", "--all")
+    assert_nothing_left(free_port)

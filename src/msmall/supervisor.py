@@ -201,6 +201,8 @@ class LogTail:
 
 
 def last_lines(path: Path, n: int = 20) -> list[str]:
+    if n <= 0:
+        return []
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)

@@ -73,11 +73,28 @@ def show(
 
 
 @app.command("validate")
-def validate(path: str = typer.Argument(..., help="Path to a profile YAML file.")) -> None:
-    """Check a profile file; exit 2 with the reason when it is invalid."""
+def validate(
+    path: str = typer.Argument(..., help="Path to a profile YAML file."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Check a profile file and the command it makes; exit 2 with the reason when it is invalid."""
+    from msmall.backends import PlanOptions, build_plan
+    from msmall.errors import ConfigError
     from msmall.profiles import validate_file
 
-    prof = validate_file(path)
+    try:
+        prof = validate_file(path)
+        # A valid schema can still make a command the engine rejects (a removed flag in
+        # extra_args, Mistral formats on an HF repo): build the plan too, without probing vllm.
+        build_plan(prof, PlanOptions(detect_installed=False))
+    except ConfigError as exc:
+        if as_json:
+            print_json({"valid": False, "path": path, "error": exc.message, "fix": exc.fix})
+            raise typer.Exit(ConfigError.exit_code) from None
+        raise
+    if as_json:
+        print_json({"valid": True, "path": path, "name": prof.name, "backend": prof.backend})
+        return
     out().print(
         f"ok: {path} is a valid profile ('{prof.name}', backend {prof.backend})", markup=False
     )
