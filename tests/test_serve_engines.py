@@ -209,3 +209,16 @@ def test_serve_without_profile_and_without_gpu_points_to_the_demo(engine_env) ->
     assert result.returncode == 3
     assert "no shipped profile fits this machine" in result.stderr
     assert "--profile demo" in result.stderr
+
+
+def test_gated_repo_without_token_is_warned_before_loading(engine_env, free_port: int) -> None:
+    result = serve(engine_env, "-p", "h100-bf16-vision", "--port", str(free_port), "--check")
+    assert result.returncode == 0, result.stderr  # the fake vllm needs no token
+    assert "is gated on Hugging Face and no token was found" in result.stderr
+    with_token = serve(
+        {**engine_env, "HF_TOKEN": "hf_test_token_value"},
+        "-p", "h100-bf16-vision", "--port", str(free_port), "--check",
+    )  # fmt: skip
+    assert with_token.returncode == 0, with_token.stderr
+    assert "is gated" not in with_token.stderr
+    assert "hf_test_token_value" not in with_token.stderr + with_token.stdout

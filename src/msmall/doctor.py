@@ -861,6 +861,19 @@ def hf_token_source() -> str | None:
     return None
 
 
+def hf_token_warning(prof: Profile, backend: str) -> str | None:
+    """For serve: a gated repo, no token, and no cached weights means a 401 after startup."""
+    if backend not in ("vllm", "docker") or not prof.model.hf_repo.startswith(GATED_REPO_PREFIXES):
+        return None
+    if hf_token_source() is not None or _model_cached(prof, backend) is not None:
+        return None
+    return (
+        f"{prof.model.hf_repo} is gated on Hugging Face and no token was found (HF_TOKEN or "
+        "`hf auth login`): the download will fail with 401. Accept the licence on the model's "
+        "page and export HF_TOKEN."
+    )
+
+
 def _check_hf_token(c: _Checks) -> None:
     source = hf_token_source()
     backend = c.backend or (c.target.backend if c.target else None)

@@ -239,6 +239,11 @@ def serve(request: ServeRequest, reporter: Reporter | None = None) -> dict[str, 
         options = replace(options, driver_major=_host_driver_major())
         plan = build_plan(prof, options)
     prof = preflight(prof, plan, request.force, reporter)
+    from msmall.doctor import hf_token_warning
+
+    token_warning = hf_token_warning(prof, plan.backend)
+    if token_warning:
+        reporter.warn(token_warning)
     if prof.serving.max_model_len != plan.max_model_len:
         plan = build_plan(prof, options)
     for warning in plan.warnings:
