@@ -334,7 +334,7 @@ def test_daemon_unreachable_is_one_plain_error(free_port: int) -> None:
     result = run(*serve_args(free_port, "--check"), env=env_for("unix:///nonexistent.sock"))
     assert result.returncode == 4, result.stderr
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = error_lines(result.stderr)
     assert 1 <= len(lines) <= 2, result.stderr
     assert (
         "cannot reach the Docker daemon at unix:///nonexistent.sock (no socket there)" in lines[0]
