@@ -400,3 +400,39 @@ def test_logs_follow_prints_new_lines_and_ends_with_the_server(free_port: int) -
             follow.wait(timeout=10)
         run("stop", "--all")
     assert_nothing_left(free_port)
+
+
+def test_live_view_on_a_terminal(free_port: int) -> None:
+    """On a terminal, serve draws the live panel (rich) instead of plain lines; same outcome."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(
+        msmall_cmd("serve", "-p", "demo", "--port", str(free_port), "--check"),
+        stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env,
+    )  # fmt: skip
+    os.close(follower)
+    output = b""
+    deadline = time.monotonic() + WAIT_S
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert proc.wait(timeout=WAIT_S) == 0
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    text = output.decode("utf-8", "replace")
+    assert "\x1b[?25l" in text  # rich Live hides the cursor: the live panel, not plain lines
+    assert "all checks passed" in text
+    assert "ok    tools" in text
+    assert_nothing_left(free_port)
