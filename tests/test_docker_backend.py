@@ -13,12 +13,10 @@ import contextlib
 import itertools
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ import pytest
 
 from conftest import msmall_cmd
 from fakes.docker_engine import FakeDocker, running_fake_docker
+from helpers import LiveServe
 from msmall.backends import PlanOptions, build_plan
 from msmall.errors import ConfigError, EngineUnavailable
 from msmall.launcher import ServeRequest, serve
@@ -137,53 +136,6 @@ class Recorder:
 
     def close(self) -> None:
         pass
-
-
-class LiveServe:
-    """A running `msmall serve` subprocess whose stderr lines we can wait for."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            msmall_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
-
-    def wait_for(self, text: str, timeout: float = WAIT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None and self.lines.empty():
-                    break
-                continue
-            self.seen.append(line)
-            if text in line:
-                return
-        raise AssertionError(f"never saw {text!r}; stderr so far:\n{''.join(self.seen)}")
-
-    def finish(self, timeout: float = WAIT_S) -> int:
-        code = self.proc.wait(timeout=timeout)
-        # The reader thread drains the pipe up to EOF, which follows the exit closely.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                self.seen.append(self.lines.get(timeout=0.1))
-            except queue.Empty:
-                break
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture

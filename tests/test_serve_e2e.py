@@ -19,8 +19,7 @@ import psutil
 import pytest
 
 from conftest import msmall_cmd
-
-WAIT_S = 30.0
+from helpers import WAIT_S, LiveServe
 
 
 def run(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None):
@@ -52,60 +51,12 @@ def assert_nothing_left(port: int) -> None:
     assert simulators_on(port) == [], "a simulator process was left running"
 
 
-class LiveProcess:
-    """A running `msmall serve` whose stderr lines we can wait for."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            msmall_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
-
-    def wait_for(self, text: str, timeout: float = WAIT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None and self.lines.empty():
-                    break
-                continue
-            self.seen.append(line)
-            if text in line:
-                return
-        raise AssertionError(f"never saw {text!r}; stderr so far:\n{''.join(self.seen)}")
-
-    def server_children(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-
-    def finish(self, timeout: float = WAIT_S) -> int:
-        code = self.proc.wait(timeout=timeout)
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def live():
-    started: list[LiveProcess] = []
+    started: list[LiveServe] = []
 
-    def start(*args: str) -> LiveProcess:
-        lp = LiveProcess(*args)
+    def start(*args: str) -> LiveServe:
+        lp = LiveServe(list(args))
         started.append(lp)
         return lp
 
