@@ -962,17 +962,7 @@ def _profile_fit(prof: Profile, inv: Inventory, backend: str | None = None) -> P
             gpus_needed=0,
         )
     gpus = _gpus_for_backend(inv, backend, None, prof.hardware.gpu_ids)
-    if not gpus:
-        return ProfileFit(
-            name=prof.name,
-            backend=backend,
-            fits=False,
-            verdict="does_not_fit",
-            max_context=0,
-            reason="No NVIDIA GPU found.",
-            gpus_needed=need,
-        )
-    machine = _fit_report(prof, gpus, backend, use_free=False)
+    machine = _fit_report(prof, gpus, backend, use_free=False) if gpus else None
     if machine is None:
         return ProfileFit(
             name=prof.name,
@@ -980,7 +970,7 @@ def _profile_fit(prof: Profile, inv: Inventory, backend: str | None = None) -> P
             fits=False,
             verdict="does_not_fit",
             max_context=0,
-            reason="The GPUs do not report their memory size.",
+            reason="The GPUs do not report their memory size." if gpus else "No NVIDIA GPU found.",
             gpus_needed=need,
         )
     row = ProfileFit(
