@@ -15,8 +15,8 @@ from msmall import model as m
 from msmall.errors import ConfigError
 from msmall.profiles import Profile, load_profile, profile_names
 
-REPO_ROOT = Path(__file__).parent.parent
-LOGS = Path(__file__).parent / "data" / "logs"
+REPO_ROOT = Path(__file__).parents[2]
+LOGS = Path(__file__).parents[1] / "data" / "logs"
 RTX_4090 = 24564  # MiB, nvidia-smi memory.total (rtx4090-x8.txt)
 RTX_3090 = 24576
 H100 = 81559  # h100-80gb-hbm3-idle.txt

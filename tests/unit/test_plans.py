@@ -1,7 +1,7 @@
 """Launch plans: golden files for every shipped profile x backend, the vLLM version rules, removed
 flags, exposure and secrets, and property tests for `--set` combinations.
 
-Regenerate the goldens with ``MSMALL_UPDATE_GOLDEN=1 pytest tests/test_plans.py`` and read the
+Regenerate the goldens with ``MSMALL_UPDATE_GOLDEN=1 pytest tests/unit/test_plans.py`` and read the
 diff against shared/FACTS.md before accepting it.
 """
 

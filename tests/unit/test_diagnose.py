@@ -16,7 +16,7 @@ from msmall.diagnose import (
     parse_ollama_offload,
 )
 
-LOGS = Path(__file__).parent / "data" / "logs"
+LOGS = Path(__file__).parents[1] / "data" / "logs"
 BACKEND_OF_DIR = {"vllm": "vllm", "ollama": "ollama", "docker": "docker"}
 
 # file -> (kind or None, figures the diagnosis must carry, text the fix must contain)

@@ -20,7 +20,7 @@ def render_cli_md() -> str:
     env = {**os.environ, "COLUMNS": "100", "TERM": "dumb"}
     parts = [
         "# msmall command reference\n\n",
-        "Generated from `msmall ... --help`; `MSMALL_UPDATE_GOLDEN=1 pytest tests/test_docs.py` "
+        "Generated from `msmall ... --help`; `MSMALL_UPDATE_GOLDEN=1 pytest tests/e2e/test_docs.py` "
         "rewrites it.\n",
     ]
     for cmd in COMMANDS:
@@ -37,7 +37,7 @@ def test_cli_reference_matches_the_cli() -> None:
     if os.environ.get("MSMALL_UPDATE_GOLDEN"):
         CLI_MD.write_text(text)
     assert CLI_MD.read_text() == text, (
-        "docs/cli.md is stale: MSMALL_UPDATE_GOLDEN=1 pytest tests/test_docs.py"
+        "docs/cli.md is stale: MSMALL_UPDATE_GOLDEN=1 pytest tests/e2e/test_docs.py"
     )
 
 
