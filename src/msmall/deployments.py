@@ -15,12 +15,12 @@ FOLLOW_POLL_S = 0.2
 def is_running(dep: state.Deployment) -> bool | None:
     """None when it cannot be told (a container whose daemon is unreachable)."""
     if dep.container_id:
-        from msmall.docker_runtime import container_running
+        from msmall.runtimes.container import container_running
 
         return container_running(dep.container_id)
     if dep.pid is None:
         return dep.external
-    from msmall.supervisor import pid_alive
+    from msmall.runtimes.process import pid_alive
 
     return pid_alive(dep.pid, dep.pid_create_time)
 
@@ -51,7 +51,7 @@ def live_status(dep: state.Deployment) -> dict[str, Any]:
 def list_deployments() -> list[dict[str, Any]]:
     found = [live_status(dep) for dep in state.load_all()]
     try:
-        from msmall.docker_runtime import orphan_containers
+        from msmall.runtimes.container import orphan_containers
     except ImportError:
         return found
     known = {d.get("container_id") for d in found}
@@ -74,7 +74,7 @@ def stop(name: str) -> dict[str, Any]:
     dep = state.load(name)
     if dep is None:
         try:
-            from msmall.docker_runtime import stop_container_by_deployment
+            from msmall.runtimes.container import stop_container_by_deployment
         except ImportError:
             stop_container_by_deployment = None
         if stop_container_by_deployment and stop_container_by_deployment(name):
@@ -85,12 +85,12 @@ def stop(name: str) -> dict[str, Any]:
     if dep.external:
         action = "forgot the record (the Ollama daemon was not started by msmall: left running)"
     elif dep.container_id:
-        from msmall.docker_runtime import stop_container
+        from msmall.runtimes.container import stop_container
 
         if stop_container(dep.container_id):
             action = "stopped and removed container"
     elif dep.pid is not None and is_running(dep):
-        from msmall.supervisor import stop_process_group
+        from msmall.runtimes.process import stop_process_group
 
         stop_process_group(dep.pid, dep.pid_create_time, grace_s=15.0)
         action = "stopped"
@@ -105,7 +105,7 @@ def stop_all() -> list[dict[str, Any]]:
 def _labelled_container_id(name: str) -> str | None:
     """A container carrying `msmall.deployment=name` when no record names it (state dir wiped)."""
     try:
-        from msmall.docker_runtime import msmall_containers
+        from msmall.runtimes.container import msmall_containers
     except ImportError:
         return None
     found = msmall_containers(name)
@@ -115,17 +115,17 @@ def _labelled_container_id(name: str) -> str | None:
 def log_lines(name: str, n: int) -> list[str]:
     from pathlib import Path
 
-    from msmall.supervisor import last_lines
+    from msmall.runtimes.process import last_lines
 
     if state.load(name) is None:
         container_id = _labelled_container_id(name)
         if container_id:
-            from msmall.docker_runtime import container_log_lines
+            from msmall.runtimes.container import container_log_lines
 
             return container_log_lines(container_id, n)
     dep = _get(name)
     if dep.container_id:
-        from msmall.docker_runtime import container_log_lines
+        from msmall.runtimes.container import container_log_lines
 
         # A detached container keeps logging after msmall exits: ask the daemon, not the file.
         lines = container_log_lines(dep.container_id, n)
@@ -140,18 +140,18 @@ def follow(
     """Print new log lines as they come, until the server ends (or Ctrl-C)."""
     from pathlib import Path
 
-    from msmall.supervisor import LogTail
+    from msmall.runtimes.process import LogTail
 
     if state.load(name) is None:
         container_id = _labelled_container_id(name)
         if container_id:
-            from msmall.docker_runtime import follow_container
+            from msmall.runtimes.container import follow_container
 
             follow_container(container_id, emit)
             return
     dep = _get(name)
     if dep.container_id:
-        from msmall.docker_runtime import follow_container
+        from msmall.runtimes.container import follow_container
 
         follow_container(dep.container_id, emit)
         return

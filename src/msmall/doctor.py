@@ -1,9 +1,9 @@
-"""Can this machine run Mistral Small 3.1, and with which profile? Checks, fits, a recommendation.
+"""Can this machine run the model, and with which profile? Checks, fits, a recommendation.
 
-`run_doctor()` reads the hardware and the engines and returns a `DoctorReport` (no printing);
-`msmall doctor` renders it. `preflight()` is the part of it that `msmall serve` runs before
-anything loads: GPU count, the memory fit and the CUDA driver version of the chosen profile, and
-`max_model_len: auto` resolved to the largest context that fits.
+`run_doctor()` reads the hardware and the engines once and returns a `DoctorReport` (no
+printing); `msmall doctor` renders it. The memory fit, the CUDA rules and the recommendation are
+the preflight's (msmall.preflight), the weights lookups are msmall.weights, and each engine's
+version probe comes from the registry: doctor holds the checks and the report.
 
 No GPU is a normal answer here, not an error: the GPU check says so and the simulator profile
 still fits. Only a driver that is present but failing is "broken" without a named profile.
@@ -12,67 +12,30 @@ still fits. Only a driver that is present but failing is "broken" without a name
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import socket
-import subprocess
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
+from msmall import backends, hardware, preflight
 from msmall.errors import EngineUnavailable, EnvironmentProblem, MsmallError
+from msmall.models import get_model
+from msmall.weights import hf_token_source, is_gated, model_cached
 
 if TYPE_CHECKING:
-    from msmall.fit import FitReport
-    from msmall.hardware import GpuInfo, Inventory
-    from msmall.plan import LaunchPlan
+    from msmall.hardware import Inventory
     from msmall.profiles import Profile
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
-# `ollama --version` answers at once; a wedged install should not stall the doctor.
-OLLAMA_VERSION_TIMEOUT_S = 10.0
-# `vllm --version` imports torch (the metadata lookup comes first and is instant).
-VLLM_VERSION_TIMEOUT_S = 30.0
 # A TCP DOCKER_HOST that drops packets would hold docker-py for its 30 s client timeout.
 DOCKER_CONNECT_TIMEOUT_S = 2.0
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
-# Vision and tool calls for mistral-small3.1 need Ollama 0.6.5 (FACTS).
-OLLAMA_MIN_VERSION = (0, 6, 5)
 # More than this in use on a GPU is another process's memory (an idle card shows a few MiB; the
 # driver's reserve is counted apart by nvidia-smi from R510 on).
 GPU_BUSY_MIB = 1024
-# Lowest Linux driver branch for each CUDA driver version (NVIDIA's CUDA toolkit release notes,
-# table 3), for a fix that names the driver to install.
-CUDA_MIN_DRIVER = {
-    (11, 8): 520,
-    (12, 0): 525,
-    (12, 1): 530,
-    (12, 2): 535,
-    (12, 3): 545,
-    (12, 4): 550,
-    (12, 5): 555,
-    (12, 6): 560,
-    (12, 8): 570,
-    (12, 9): 575,
-    (13, 0): 580,
-}
-# Repos the hub only serves to accounts that accepted the licence (FACTS: the official one).
-GATED_REPO_PREFIXES = ("mistralai/",)
 DEMO_FIX = "msmall serve --profile demo runs the simulator (no GPU needed)."
-
-
-class Reporter(Protocol):
-    def info(self, text: str) -> None: ...
-    def warn(self, text: str) -> None: ...
-
-
-class _QuietReporter:
-    def info(self, text: str) -> None: ...
-    def warn(self, text: str) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,117 +97,6 @@ def _mib(value: int | None) -> str:
     return "?" if value is None else f"{value:,} MiB"
 
 
-def _version_tuple(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
-    if not match:
-        return None
-    return tuple(int(p) for p in match.groups() if p is not None)
-
-
-def _driver_major(driver: str | None) -> int | None:
-    parts = _version_tuple(driver)
-    return parts[0] if parts else None
-
-
-def _driver_for_cuda(cuda: str) -> str:
-    wanted = _version_tuple(cuda) or (0, 0)
-    for version, branch in sorted(CUDA_MIN_DRIVER.items()):
-        if version >= wanted[:2]:
-            return f"R{branch}"
-    return "a newer"
-
-
-def cuda_problem(inv: Inventory, min_cuda: str | None) -> str | None:
-    """Why the driver's CUDA version is below the profile's minimum; None when it is not (or unknown)."""
-    have, need = _version_tuple(inv.cuda_version), _version_tuple(min_cuda)
-    if have is None or need is None or have[:2] >= need[:2]:
-        return None
-    return (
-        f"the NVIDIA driver {inv.driver_version or '?'} supports CUDA {inv.cuda_version}; "
-        f"the profile needs CUDA {min_cuda} (driver {_driver_for_cuda(min_cuda or '')} or newer)"
-    )
-
-
-def _cuda_fix(min_cuda: str) -> str:
-    return f"Update the NVIDIA driver to {_driver_for_cuda(min_cuda)} or newer and reboot."
-
-
-def visible_gpus(gpus: Sequence[GpuInfo], selector: str | None) -> list[GpuInfo]:
-    """The GPUs CUDA_VISIBLE_DEVICES leaves to a process, in its order.
-
-    Only plain index or UUID lists are understood; anything else (MIG ids, an empty value) leaves
-    the list as it is rather than guessing.
-    """
-    if not selector or not selector.strip():
-        return list(gpus)
-    chosen = []
-    for item in (s.strip() for s in selector.split(",")):
-        match = next(
-            (
-                g
-                for g in gpus
-                if (item.isdigit() and g.index == int(item))
-                or (g.uuid and item.startswith("GPU-") and g.uuid.startswith(item))
-            ),
-            None,
-        )
-        if match is None:
-            return list(gpus)
-        chosen.append(match)
-    return chosen
-
-
-def _gpus_for_backend(
-    inv: Inventory,
-    backend: str,
-    env: dict[str, str] | None = None,
-    gpu_ids: list[str] | None = None,
-) -> list:
-    # A profile's gpu_ids choose the GPUs for every backend. Otherwise the docker backend hands
-    # every GPU to the container (the host's CUDA_VISIBLE_DEVICES stays outside), and the process
-    # backends inherit CUDA_VISIBLE_DEVICES (the plan's own env wins over the shell's).
-    if gpu_ids:
-        return visible_gpus(inv.gpus, ",".join(gpu_ids))
-    if backend == "docker":
-        return list(inv.gpus)
-    selector = (env or {}).get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
-    return visible_gpus(inv.gpus, selector)
-
-
-def describe_gpus(gpus: Sequence[GpuInfo]) -> str:
-    if not gpus:
-        return "no GPU"
-    names = {g.name for g in gpus}
-    sizes = {g.memory_total_mib for g in gpus}
-    if len(names) == 1 and len(sizes) == 1:
-        size = next(iter(sizes))
-        each = f" ({_mib(size)}{' each' if len(gpus) > 1 else ''})"
-        return f"{len(gpus)}x {gpus[0].name}{each}" if len(gpus) > 1 else f"{gpus[0].name}{each}"
-    return ", ".join(f"{g.name} ({_mib(g.memory_total_mib)})" for g in gpus)
-
-
-def _totals(gpus: Sequence[GpuInfo]) -> list[int] | None:
-    totals = [g.memory_total_mib for g in gpus]
-    return None if any(t is None for t in totals) else [int(t) for t in totals if t is not None]
-
-
-def _frees(gpus: Sequence[GpuInfo]) -> list[int] | None:
-    frees = [g.memory_free_mib for g in gpus]
-    return None if any(f is None for f in frees) else [int(f) for f in frees if f is not None]
-
-
-def _gpus_needed(prof: Profile) -> int:
-    return max(prof.hardware.gpu_count, prof.serving.tensor_parallel_size)
-
-
-def _known_profiles() -> list[Profile]:
-    from msmall.profiles import Profile, load_all
-
-    return [p for p in load_all() if isinstance(p, Profile)]
-
-
 # The driver is missing, or GPU detection is off: "no GPU", a normal answer.
 _ABSENT_MARKERS = (
     "not on PATH",
@@ -266,185 +118,6 @@ def driver_broken(inv: Inventory) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Recommendation
-
-
-def _recommend(inv: Inventory, profiles: list[Profile]) -> tuple[str | None, str]:
-    from msmall import fit
-
-    if not inv.gpus:
-        return None, f"no NVIDIA GPU found: {inv.problem or 'nvidia-smi lists none'}"
-    gpus = _gpus_for_backend(inv, "vllm")
-    totals = _totals(gpus)
-    if not totals:
-        return None, "the GPUs do not report their memory size, so nothing can be sized for them"
-    name = fit.recommend(profiles, totals)
-    where = describe_gpus(gpus)
-    if name is None:
-        return None, f"no profile fits {where}"
-    prof = next(p for p in profiles if p.name == name)
-    need = _gpus_needed(prof)
-    report = fit.check_fit(prof, totals[:need])
-    verdict = {"fits": "fits", "tight": "fits, tightly,"}.get(report.verdict, report.verdict)
-    why = (
-        f"it {verdict} {where}: {report.weights.upper()} weights, "
-        f"{'vision, ' if prof.serving.vision else ''}up to {report.max_context:,} tokens of context"
-    )
-    problem = cuda_problem(inv, prof.hardware.min_cuda)
-    if problem:
-        why += f" (but {problem})"
-    return name, why
-
-
-def recommend_for_this_machine(inventory: Inventory | None = None) -> tuple[str | None, str]:
-    """The best known profile for this machine's GPUs (by their total memory), and why.
-
-    (None, "no NVIDIA GPU found: ...") where there is no GPU to size against.
-    """
-    from msmall.hardware import read_inventory
-
-    inv = inventory if inventory is not None else read_inventory()
-    return _recommend(inv, _known_profiles())
-
-
-# ---------------------------------------------------------------------------------------------
-# Preflight (msmall serve)
-
-
-def _fit_report(
-    prof: Profile, gpus: Sequence[GpuInfo], backend: str, use_free: bool
-) -> FitReport | None:
-    from msmall import fit
-
-    totals = _totals(gpus)
-    if totals is None:
-        return None
-    free = _frees(gpus) if use_free else None
-    others = [p for p in _known_profiles() if p.name != prof.name]
-    return fit.check_fit(prof, totals, backend, free, alternatives=others)
-
-
-def _refuse_or_warn(
-    problem: EnvironmentProblem, force: bool, reporter: Reporter, what: str
-) -> None:
-    if not force:
-        raise problem
-    reporter.warn(f"{problem.message} (--force: launching anyway; {what})")
-
-
-def preflight(
-    prof: Profile,
-    plan: LaunchPlan,
-    *,
-    force: bool = False,
-    reporter: Reporter | None = None,
-    inventory: Inventory | None = None,
-) -> Profile:
-    """Refuse a launch this machine cannot hold, before anything loads.
-
-    Checks, in order: enough GPUs for tensor parallel, the memory fit (against the memory free
-    now), the CUDA driver version. Each refusal is an EnvironmentProblem (exit 3) naming the
-    numbers and what to use instead; with ``force`` it becomes a warning. Returns the profile,
-    with ``max_model_len: auto`` resolved to the largest context that fits (vLLM backends).
-    """
-    from msmall.hardware import read_inventory
-
-    reporter = reporter or _QuietReporter()
-    backend = plan.backend
-    if backend == "simulator" or prof.hardware.gpu_count == 0:
-        return prof
-    inv = inventory if inventory is not None else read_inventory()
-    gpus = _gpus_for_backend(inv, backend, plan.env, prof.hardware.gpu_ids)
-    if not gpus:
-        reporter.info(
-            f"no GPU readable ({inv.problem or 'none listed'}): skipping the memory check"
-        )
-        return prof
-    where = describe_gpus(gpus)
-
-    tp = prof.serving.tensor_parallel_size
-    if backend in ("vllm", "docker") and len(gpus) < tp:
-        name, _ = _recommend(inv, _known_profiles())
-        instead = f"Use --profile {name}, which fits this machine" if name else "Use fewer GPUs"
-        _refuse_or_warn(
-            EnvironmentProblem(
-                f"profile {prof.name} runs tensor parallel {tp} and needs {tp} GPUs; "
-                f"this machine has {len(gpus)} ({where})",
-                f"{instead}, or --force to try anyway.",
-            ),
-            force,
-            reporter,
-            "vLLM will fail to start",
-        )
-        return prof
-
-    report = _fit_report(prof, gpus, backend, use_free=True)
-    resolved = prof
-    if report is None:
-        reporter.info(f"{where} report no memory size: skipping the memory check")
-    elif report.verdict == "does_not_fit":
-        fix = report.suggestion or "Run `msmall doctor` to see the profiles that fit."
-        _refuse_or_warn(
-            EnvironmentProblem(
-                f"profile {prof.name} ({backend}) does not fit {where}: {report.reason}",
-                f"{fix} Or --force to launch anyway.",
-            ),
-            force,
-            reporter,
-            "expect an out-of-memory failure",
-        )
-    else:
-        text = f"memory check ({where}): {report.reason}"
-        if report.verdict == "tight":
-            reporter.warn(text + (f" {report.suggestion}" if report.suggestion else ""))
-        else:
-            reporter.info(text)
-        if prof.serving.max_model_len == "auto" and backend in ("vllm", "docker"):
-            resolved = prof.model_copy(deep=True)
-            # validate_assignment: the number goes through the same checks as a YAML value.
-            resolved.serving.max_model_len = report.max_context
-            reporter.info(
-                f"max_model_len auto -> {report.max_context:,} tokens, the largest context "
-                f"that fits {where}"
-            )
-
-    problem = cuda_problem(inv, prof.hardware.min_cuda)
-    if problem and prof.hardware.min_cuda:
-        _refuse_or_warn(
-            EnvironmentProblem(
-                f"profile {prof.name}: {problem}",
-                f"{_cuda_fix(prof.hardware.min_cuda)} Or --force to try anyway.",
-            ),
-            force,
-            reporter,
-            "CUDA may refuse to start (error 803/804)",
-        )
-
-    if backend == "docker":
-        warning = _docker_image_warning(plan.image, inv.driver_version)
-        if warning:
-            reporter.warn(warning)
-    return resolved
-
-
-def _docker_image_warning(image: str | None, driver: str | None) -> str | None:
-    from msmall import engines
-
-    major = _driver_major(driver)
-    if not image or major is None or major >= engines.CUDA13_MIN_DRIVER:
-        return None
-    tag = image.rpartition(":")[2]
-    if tag.endswith("-cu129") or not _version_tuple(tag):
-        return None
-    if not engines.at_least(tag, engines.VLLM_CUDA13_IMAGES_FROM):
-        return None
-    return (
-        f"{image} is a CUDA 13 image, which needs an R{engines.CUDA13_MIN_DRIVER}+ driver; this "
-        f"machine has {driver}: use {image}-cu129 or update the driver"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Individual checks
 
 
@@ -455,6 +128,10 @@ class _Checks:
         self.target = target
         self.strict = strict
         self.backend = backend or (target.backend if target else None)
+        # What the backend means: the engine (its rules) and where it runs.
+        self.engine, self.runtime = (
+            backends.resolve(self.backend) if self.backend else (None, "process")
+        )
         self.items: list[Check] = []
 
     def add(self, name: str, status: Status, detail: str, fix: str | None = None) -> None:
@@ -476,7 +153,7 @@ def _check_gpus(c: _Checks, inv: Inventory) -> None:
         c.add(
             "gpu",
             "ok",
-            f"{describe_gpus(inv.gpus)}; driver {inv.driver_version or '?'} (read via {inv.source})",
+            f"{hardware.describe_gpus(inv.gpus)}; driver {inv.driver_version or '?'} (read via {inv.source})",
         )
     elif driver_broken(inv):
         c.add(
@@ -511,9 +188,14 @@ def _check_cuda(c: _Checks, inv: Inventory) -> None:
     if c.target is None or not min_cuda:
         c.add("cuda", "ok", have)
         return
-    problem = cuda_problem(inv, min_cuda)
+    problem = preflight.cuda_problem(inv, min_cuda)
     if problem:
-        c.add("cuda", c.bad(), f"{have}; {c.label} needs CUDA {min_cuda}", _cuda_fix(min_cuda))
+        c.add(
+            "cuda",
+            c.bad(),
+            f"{have}; {c.label} needs CUDA {min_cuda}",
+            preflight.cuda_fix(min_cuda),
+        )
     else:
         c.add("cuda", "ok", f"{have}; {c.label} needs CUDA {min_cuda}")
 
@@ -539,7 +221,7 @@ def _check_gpu_memory(c: _Checks, inv: Inventory) -> None:
     small = []
     if c.target is not None and c.target.hardware.min_vram_gib:
         want = c.target.hardware.min_vram_gib
-        gpus = inv.gpus[: max(_gpus_needed(c.target), 1)]
+        gpus = inv.gpus[: max(preflight.gpus_needed(c.target), 1)]
         small = [
             f"GPU {g.index} has {g.memory_total_mib / 1024:.1f} GiB, {c.label} wants {want:g} GiB"
             for g in gpus
@@ -567,15 +249,13 @@ def _check_gpu_memory(c: _Checks, inv: Inventory) -> None:
 def _check_gpu_count(c: _Checks, inv: Inventory) -> None:
     if c.target is None or c.target.hardware.gpu_count == 0:
         return
-    need = _gpus_needed(c.target)
-    have = len(
-        _gpus_for_backend(inv, c.backend or c.target.backend, None, c.target.hardware.gpu_ids)
-    )
+    need = preflight.gpus_needed(c.target)
+    have = len(hardware.gpus_for(inv, c.runtime, None, c.target.hardware.gpu_ids))
     if have >= need:
         c.add("gpu-count", "ok", f"{c.label} needs {need} GPU(s); {have} found")
         return
     tp = c.target.serving.tensor_parallel_size
-    hard = c.backend in ("vllm", "docker") and have < tp
+    hard = c.engine is not None and c.engine.tensor_parallel and have < tp
     c.add(
         "gpu-count",
         c.bad() if hard or have == 0 else "warn",
@@ -603,27 +283,6 @@ def _check_ram(c: _Checks, inv: Inventory) -> None:
         c.add("ram", "ok", have + (f"; {c.label} wants {want:g} GiB" if want else ""))
 
 
-def _model_cached(prof: Profile, backend: str) -> Path | None:
-    """Where the profile's weights already are, if downloaded (at least partly)."""
-    from msmall import hardware
-
-    if backend == "ollama":
-        name, _, tag = prof.model.ollama_tag.partition(":")
-        if "/" not in name:
-            name = f"library/{name}"
-        path = (
-            hardware.ollama_models_dir()
-            / "manifests"
-            / "registry.ollama.ai"
-            / name
-            / (tag or "latest")
-        )
-        return path if path.is_file() else None
-    repo = prof.model.hf_repo
-    path = hardware.hf_cache_dir() / ("models--" + repo.replace("/", "--")) / "snapshots"
-    return path if path.is_dir() and any(path.iterdir()) else None
-
-
 def _check_disk(c: _Checks, inv: Inventory) -> None:
     by_purpose = {d.purpose: d for d in inv.disks}
     if c.target is None or c.target.hardware.gpu_count == 0:
@@ -633,12 +292,12 @@ def _check_disk(c: _Checks, inv: Inventory) -> None:
         )
         c.add("disk", "ok" if text else "skip", text or "no download locations known")
         return
-    backend = c.backend or c.target.backend
-    disk = by_purpose.get("ollama-models" if backend == "ollama" else "huggingface-cache")
+    ollama = c.engine is not None and c.engine.name == "ollama"
+    disk = by_purpose.get("ollama-models" if ollama else "huggingface-cache")
     if disk is None:
         c.add("disk", "skip", "download location unknown")
         return
-    cached = _model_cached(c.target, backend)
+    cached = model_cached(c.target, c.engine.name if c.engine else "vllm")
     free = "?" if disk.free_gib is None else f"{disk.free_gib:.1f} GiB"
     want = c.target.hardware.min_disk_gib
     if cached is not None:
@@ -649,7 +308,7 @@ def _check_disk(c: _Checks, inv: Inventory) -> None:
             c.bad(),
             f"{free} free at {disk.path}; {c.label} downloads about {want:g} GiB",
             "Free some space, or point "
-            + ("OLLAMA_MODELS" if backend == "ollama" else "HF_HOME (or HF_HUB_CACHE)")
+            + ("OLLAMA_MODELS" if ollama else "HF_HOME (or HF_HUB_CACHE)")
             + " at a bigger disk.",
         )
     else:
@@ -660,37 +319,13 @@ def _check_disk(c: _Checks, inv: Inventory) -> None:
         )
 
 
-def ollama_version(timeout_s: float = OLLAMA_VERSION_TIMEOUT_S) -> tuple[str | None, str | None]:
-    """(version, problem) of the ollama on PATH; (None, None) when there is none."""
-    exe = shutil.which("ollama")
-    if exe is None:
-        return None, None
-    try:
-        done = subprocess.run(
-            [exe, "--version"],
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return None, f"`ollama --version` did not answer within {timeout_s:g} s"
-    except OSError as exc:
-        return None, f"`ollama --version` could not run: {exc}"
-    # "ollama version is 0.6.5"; with no server running it warns first and ends with
-    # "Warning: client version is 0.6.5".
-    found = re.findall(r"version is v?(\d+\.\d+(?:\.\d+)?)", done.stdout + done.stderr)
-    if found:
-        return found[-1], None
-    if done.returncode != 0:
-        return None, f"`ollama --version` exited with code {done.returncode}"
-    return None, "`ollama --version` printed no version"
+def _target_model(c: _Checks):
+    return get_model(c.target.model.id if c.target else "mistral-small-3.1")
 
 
 def _check_ollama(c: _Checks, version: str | None, problem: str | None) -> None:
     named = c.strict and c.backend == "ollama"
+    spec = _target_model(c)
     if version is None:
         c.add(
             "ollama",
@@ -699,11 +334,13 @@ def _check_ollama(c: _Checks, version: str | None, problem: str | None) -> None:
             "Install Ollama from ollama.com (needed only for the ollama backend).",
         )
         return
-    if (_version_tuple(version) or (0,)) < OLLAMA_MIN_VERSION:
+    if (preflight.version_tuple(version) or (0,)) < spec.ollama_min_version:
+        need = ".".join(map(str, spec.ollama_min_version))
         c.add(
             "ollama",
             "fail" if named else "warn",
-            f"ollama {version}: mistral-small3.1 needs 0.6.5 or newer for vision and tools",
+            f"ollama {version}: {spec.default_ollama_tag.split(':')[0]} needs {need} or newer "
+            "for vision and tools",
             "Update Ollama.",
         )
         return
@@ -711,9 +348,10 @@ def _check_ollama(c: _Checks, version: str | None, problem: str | None) -> None:
 
 
 def _check_vllm(c: _Checks, version: str | None) -> None:
-    from msmall import engines
+    from msmall.backends.vllm import versions
 
-    named = c.strict and c.backend == "vllm"
+    named = c.strict and c.engine is not None and c.engine.name == "vllm" and c.runtime == "process"
+    spec = _target_model(c)
     if version is None:
         c.add(
             "vllm",
@@ -723,15 +361,15 @@ def _check_vllm(c: _Checks, version: str | None) -> None:
         )
         return
     try:
-        old = not engines.at_least(version, engines.VLLM_MIN_FOR_MODEL)
+        old = not versions.at_least(version, spec.vllm_min_version)
     except MsmallError:
         old = False
     if old:
         c.add(
             "vllm",
             "fail" if named else "warn",
-            f"vllm {version} cannot serve Mistral Small 3.1 (support arrived in "
-            f"{engines.VLLM_MIN_FOR_MODEL})",
+            f"vllm {version} cannot serve {spec.display_name} (support arrived in "
+            f"{spec.vllm_min_version})",
             "pip install -U vllm",
         )
         return
@@ -781,9 +419,9 @@ def docker_status() -> DockerStatus:
             fix="Start Docker, or set DOCKER_HOST (needed only for --backend docker).",
         )
     try:
-        from msmall import docker_runtime
+        from msmall.runtimes import container
 
-        cli = docker_runtime.client()
+        cli = container.client()
     except EngineUnavailable as exc:
         return DockerStatus(unreachable=exc.message, fix=exc.fix)
     except ImportError:
@@ -798,12 +436,13 @@ def docker_status() -> DockerStatus:
         cli.close()
     return DockerStatus(
         version=str(info.get("ServerVersion") or "?"),
-        gpu_problem=docker_runtime.gpu_runtime_problem(info),
+        gpu_problem=container.gpu_runtime_problem(info),
     )
 
 
 def _check_docker(c: _Checks, inv: Inventory, status: DockerStatus) -> None:
-    from msmall import docker_runtime, engines
+    from msmall.backends.vllm import versions as engines
+    from msmall.runtimes.container import TOOLKIT_FIX
 
     unreachable, runtime_problem = status.unreachable, status.gpu_problem
     named = c.strict and c.backend == "docker"
@@ -816,11 +455,11 @@ def _check_docker(c: _Checks, inv: Inventory, status: DockerStatus) -> None:
                 "docker-gpu",
                 "fail" if named else "warn",
                 runtime_problem,
-                docker_runtime.TOOLKIT_FIX,
+                TOOLKIT_FIX,
             )
         else:
             c.add("docker-gpu", "ok", "an NVIDIA runtime (or CDI) is registered with Docker")
-    major = _driver_major(inv.driver_version)
+    major = hardware.driver_major(inv.driver_version)
     if major is None or (unreachable and not named):
         return
     if major >= engines.CUDA13_MIN_DRIVER:
@@ -841,47 +480,11 @@ def _check_docker(c: _Checks, inv: Inventory, status: DockerStatus) -> None:
         )
 
 
-def hf_token_source() -> str | None:
-    """Where a Hugging Face token is available (never the token itself)."""
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        if os.environ.get(var, "").strip():
-            return f"{var} is set"
-    candidates = []
-    if os.environ.get("HF_TOKEN_PATH"):
-        candidates.append(Path(os.environ["HF_TOKEN_PATH"]).expanduser())
-    hf_home = os.environ.get("HF_HOME")
-    base = Path(hf_home).expanduser() if hf_home else Path.home() / ".cache" / "huggingface"
-    candidates.append(base / "token")
-    for path in candidates:
-        try:
-            if path.is_file() and path.read_text(encoding="utf-8").strip():
-                return f"a token is stored in {path}"
-        except OSError:
-            continue
-    return None
-
-
-def hf_token_warning(prof: Profile, backend: str) -> str | None:
-    """For serve: a gated repo, no token, and no cached weights means a 401 after startup."""
-    if backend not in ("vllm", "docker") or not prof.model.hf_repo.startswith(GATED_REPO_PREFIXES):
-        return None
-    if hf_token_source() is not None or _model_cached(prof, backend) is not None:
-        return None
-    return (
-        f"{prof.model.hf_repo} is gated on Hugging Face and no token was found (HF_TOKEN or "
-        "`hf auth login`): the download will fail with 401. Accept the licence on the model's "
-        "page and export HF_TOKEN."
-    )
-
-
 def _check_hf_token(c: _Checks) -> None:
     source = hf_token_source()
-    backend = c.backend or (c.target.backend if c.target else None)
-    gated = (
-        c.target is not None
-        and backend in ("vllm", "docker")
-        and c.target.model.hf_repo.startswith(GATED_REPO_PREFIXES)
-    )
+    backend = c.backend
+    engine = c.engine.name if c.engine else "vllm"
+    gated = c.target is not None and engine == "vllm" and is_gated(c.target)
     if source:
         c.add("hf-token", "ok", f"Hugging Face token present ({source}; value not shown)")
         return
@@ -891,7 +494,7 @@ def _check_hf_token(c: _Checks) -> None:
     )
     if gated and c.target is not None:
         repo = c.target.model.hf_repo
-        if _model_cached(c.target, backend or "vllm") is not None:
+        if model_cached(c.target, engine) is not None:
             c.add("hf-token", "ok", f"no HF_TOKEN, but {repo} is already downloaded")
             return
         c.add("hf-token", c.bad(), f"no HF_TOKEN: {repo} is gated and needs one", fix)
@@ -900,7 +503,7 @@ def _check_hf_token(c: _Checks) -> None:
             "hf-token",
             "ok",
             f"no HF_TOKEN; not needed for {c.label} ({backend}, "
-            f"{c.target.model.ollama_tag if backend == 'ollama' else c.target.model.hf_repo})",
+            f"{c.target.model.ollama_tag if engine == 'ollama' else c.target.model.hf_repo})",
         )
     else:
         c.add(
@@ -912,7 +515,7 @@ def _check_hf_token(c: _Checks) -> None:
 
 
 def _check_port(c: _Checks) -> None:
-    from msmall.supervisor import port_in_use
+    from msmall.runtimes.process import port_in_use
 
     if c.target is None:
         return
@@ -925,7 +528,7 @@ def _check_port(c: _Checks) -> None:
         return
     if not busy:
         c.add("port", "ok", f"{host}:{port} is free for {c.label}")
-    elif backend == "ollama":
+    elif c.engine is not None and c.engine.reusable_server is not None:
         c.add(
             "port",
             "warn",
@@ -945,13 +548,14 @@ def _check_port(c: _Checks) -> None:
 # Profiles against this machine
 
 
-def _profile_fit(prof: Profile, inv: Inventory, backend: str | None = None) -> ProfileFit:
-    from msmall import fit
-
+def _profile_fit(
+    prof: Profile, inv: Inventory, others: list[Profile], backend: str | None = None
+) -> ProfileFit:
     backend = backend or prof.backend
-    need = _gpus_needed(prof)
-    if backend == "simulator" or prof.hardware.gpu_count == 0:
-        report = fit.check_fit(prof, [], "simulator")
+    engine, runtime = backends.resolve(backend)
+    need = preflight.gpus_needed(prof)
+    if not engine.needs_gpu or prof.hardware.gpu_count == 0:
+        report = preflight.check_fit(prof, [], backend)
         return ProfileFit(
             name=prof.name,
             backend=backend,
@@ -961,8 +565,8 @@ def _profile_fit(prof: Profile, inv: Inventory, backend: str | None = None) -> P
             reason=report.reason,
             gpus_needed=0,
         )
-    gpus = _gpus_for_backend(inv, backend, None, prof.hardware.gpu_ids)
-    machine = _fit_report(prof, gpus, backend, use_free=False) if gpus else None
+    gpus = hardware.gpus_for(inv, runtime, None, prof.hardware.gpu_ids)
+    machine = preflight.fit_on(prof, gpus, backend, False, others) if gpus else None
     if machine is None:
         return ProfileFit(
             name=prof.name,
@@ -983,7 +587,9 @@ def _profile_fit(prof: Profile, inv: Inventory, backend: str | None = None) -> P
         suggestion=machine.suggestion,
         gpus_needed=need,
     )
-    now = _fit_report(prof, gpus, backend, use_free=True) if _frees(gpus) else None
+    now = (
+        preflight.fit_on(prof, gpus, backend, True, others) if hardware.memory_free(gpus) else None
+    )
     if now is not None and (
         now.verdict != machine.verdict or now.max_context != machine.max_context
     ):
@@ -992,16 +598,16 @@ def _profile_fit(prof: Profile, inv: Inventory, backend: str | None = None) -> P
     return row
 
 
-def _check_fit_now(c: _Checks, inv: Inventory, row: ProfileFit) -> None:
+def _check_fit_now(c: _Checks, inv: Inventory, row: ProfileFit, others: list[Profile]) -> None:
     """The named profile against the memory free right now: what `msmall serve` would decide."""
     if c.target is None or row.gpus_needed == 0:
         return
     backend = c.backend or c.target.backend
-    gpus = _gpus_for_backend(inv, backend, None, c.target.hardware.gpu_ids)
+    gpus = hardware.gpus_for(inv, c.runtime, None, c.target.hardware.gpu_ids)
     if not gpus:
         c.add("memory-fit", c.bad(), f"{c.label}: no GPU to load it on", DEMO_FIX)
         return
-    report = _fit_report(c.target, gpus, backend, use_free=True)
+    report = preflight.fit_on(c.target, gpus, backend, True, others)
     if report is None:
         c.add("memory-fit", "warn", "the GPUs do not report their memory size")
         return
@@ -1028,18 +634,15 @@ def run_doctor(
     Without it the checks are held against the recommended profile and only a broken driver
     fails. Raises ConfigError for an unknown profile or a bad override.
     """
-    from msmall import engines
-    from msmall.hardware import read_inventory
-    from msmall.profiles import BACKENDS, load_profile, parse_set
+    from msmall.profiles import load_profile, parse_set
 
-    if backend is not None and backend not in BACKENDS:
-        from msmall.errors import ConfigError
-
-        raise ConfigError(f"unknown backend '{backend}'", f"Choose one of: {', '.join(BACKENDS)}")
+    if backend is not None:
+        backends.resolve(backend)  # an unknown backend is a ConfigError naming the valid ones
     named = load_profile(profile, parse_set(overrides)) if profile else None
-    inv = inventory if inventory is not None else read_inventory()
-    known = _known_profiles()
-    recommended, why = _recommend(inv, known)
+    inv = inventory if inventory is not None else hardware.read_inventory()
+    # Loaded once: the recommendation, every table row and every suggestion use this list.
+    known = preflight.known_profiles()
+    recommended, why = preflight.recommend_for(inv, known)
 
     target = named
     if target is None and recommended:
@@ -1052,23 +655,23 @@ def run_doctor(
     _check_gpu_count(c, inv)
     _check_ram(c, inv)
     _check_disk(c, inv)
-    ollama, ollama_problem = ollama_version()
-    _check_ollama(c, ollama, ollama_problem)
-    vllm = engines.installed_vllm_version(timeout_s=VLLM_VERSION_TIMEOUT_S)
+    ollama = _probe("ollama")
+    _check_ollama(c, ollama.version, ollama.problem)
+    vllm = _probe("vllm").version
     _check_vllm(c, vllm)
     docker = docker_status()
     _check_docker(c, inv, docker)
     _check_hf_token(c)
     _check_port(c)
 
-    rows = [_profile_fit(p, inv) for p in known]
+    rows = [_profile_fit(p, inv, known) for p in known]
     named_row = None
     if named is not None:
         # The named profile as asked for (with --set / --backend), in place of the plain one.
-        named_row = _profile_fit(named, inv, c.backend)
+        named_row = _profile_fit(named, inv, known, c.backend)
         rows = sorted([r for r in rows if r.name != named.name] + [named_row], key=lambda r: r.name)
     if target is not None:
-        _check_fit_now(c, inv, named_row or next(r for r in rows if r.name == target.name))
+        _check_fit_now(c, inv, named_row or next(r for r in rows if r.name == target.name), known)
 
     broken = any(ch.status == "fail" for ch in c.items)
     blocked = named_row is not None and named_row.verdict == "does_not_fit"
@@ -1083,7 +686,7 @@ def run_doctor(
         ram_total_gib=inv.ram_total_gib,
         ram_available_gib=inv.ram_available_gib,
         disks=[d.to_dict() for d in inv.disks],
-        engines={"ollama": ollama, "vllm": vllm, "docker": docker.version},
+        engines={"ollama": ollama.version, "vllm": vllm, "docker": docker.version},
         checks=c.items,
         profiles=rows,
         recommended_profile=recommended,
@@ -1091,3 +694,9 @@ def run_doctor(
         ok=exit_code == 0,
         exit_code=exit_code,
     )
+
+
+def _probe(engine: str):
+    probe = backends.get_engine(engine).probe_version
+    assert probe is not None
+    return probe()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -273,27 +272,18 @@ class _SmiFailed(Exception):
 
 def _smi(args: list[str]) -> str:
     """stdout of ``nvidia-smi ARGS``; every way it can fail becomes ``_SmiFailed(problem)``."""
+    from msmall import procs
+
     try:
-        done = subprocess.run(
-            ["nvidia-smi", *args],
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            timeout=SMI_TIMEOUT_S,
-            check=False,
-        )
-    except FileNotFoundError:
+        return procs.run(["nvidia-smi", *args], timeout_s=SMI_TIMEOUT_S).stdout
+    except procs.ToolMissing:
         raise _SmiFailed("nvidia-smi is not on PATH") from None
-    except subprocess.TimeoutExpired:
-        raise _SmiFailed(f"nvidia-smi did not answer within {SMI_TIMEOUT_S:g} s") from None
-    except OSError as e:
-        raise _SmiFailed(f"nvidia-smi could not be run: {e}") from None
-    if done.returncode == 0:
-        return done.stdout
+    except procs.ToolFailed as e:
+        if e.returncode is None:  # timed out or could not start
+            raise _SmiFailed(e.problem) from None
+        failure = e
+    output = failure.output
     # nvidia-smi prints its errors on stdout; stderr is checked too for wrappers that don't.
-    output = f"{done.stdout}\n{done.stderr}"
-    first = next((line.strip() for line in output.splitlines() if line.strip()), "")
     if "couldn't communicate with the NVIDIA driver" in output:
         problem = "nvidia-smi could not talk to the NVIDIA driver (not installed or not loaded)"
     elif "No devices were found" in output:
@@ -301,7 +291,7 @@ def _smi(args: list[str]) -> str:
     elif "version mismatch" in output.lower():
         problem = "NVIDIA driver and library versions differ (driver updated without a reboot?)"
     else:
-        problem = f"nvidia-smi exited with code {done.returncode}: {first or 'no output'}"
+        problem = failure.problem
     raise _SmiFailed(problem, output)
 
 
@@ -438,3 +428,83 @@ def read_inventory(source: str = "auto") -> Inventory:
         ram_available_gib=ram_available,
         disks=_disks(),
     )
+
+
+# ---------------------------------------------------------------- choosing and describing GPUs
+
+
+def visible_gpus(gpus: list[GpuInfo], selector: str | None) -> list[GpuInfo]:
+    """The GPUs CUDA_VISIBLE_DEVICES leaves to a process, in its order.
+
+    Only plain index or UUID lists are understood; anything else (MIG ids, an empty value) leaves
+    the list as it is rather than guessing.
+    """
+    if not selector or not selector.strip():
+        return list(gpus)
+    chosen = []
+    for item in (s.strip() for s in selector.split(",")):
+        match = next(
+            (
+                g
+                for g in gpus
+                if (item.isdigit() and g.index == int(item))
+                or (g.uuid and item.startswith("GPU-") and g.uuid.startswith(item))
+            ),
+            None,
+        )
+        if match is None:
+            return list(gpus)
+        chosen.append(match)
+    return chosen
+
+
+def gpus_for(
+    inv: Inventory,
+    runtime: str,
+    env: dict[str, str] | None = None,
+    gpu_ids: list[str] | None = None,
+) -> list[GpuInfo]:
+    """The GPUs a server will get.
+
+    A profile's gpu_ids choose them for every runtime. Otherwise a container gets every GPU (the
+    host's CUDA_VISIBLE_DEVICES stays outside), and a host process inherits CUDA_VISIBLE_DEVICES
+    (the plan's own env wins over the shell's).
+    """
+    if gpu_ids:
+        return visible_gpus(inv.gpus, ",".join(gpu_ids))
+    if runtime == "container":
+        return list(inv.gpus)
+    selector = (env or {}).get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return visible_gpus(inv.gpus, selector)
+
+
+def _mib_text(value: int | None) -> str:
+    return "?" if value is None else f"{value:,} MiB"
+
+
+def describe_gpus(gpus: list[GpuInfo]) -> str:
+    if not gpus:
+        return "no GPU"
+    names = {g.name for g in gpus}
+    sizes = {g.memory_total_mib for g in gpus}
+    if len(names) == 1 and len(sizes) == 1:
+        size = next(iter(sizes))
+        each = f" ({_mib_text(size)}{' each' if len(gpus) > 1 else ''})"
+        return f"{len(gpus)}x {gpus[0].name}{each}" if len(gpus) > 1 else f"{gpus[0].name}{each}"
+    return ", ".join(f"{g.name} ({_mib_text(g.memory_total_mib)})" for g in gpus)
+
+
+def memory_totals(gpus: list[GpuInfo]) -> list[int] | None:
+    """Each GPU's memory in MiB; None when any of them does not say."""
+    totals = [g.memory_total_mib for g in gpus]
+    return None if any(t is None for t in totals) else [int(t) for t in totals if t is not None]
+
+
+def memory_free(gpus: list[GpuInfo]) -> list[int] | None:
+    frees = [g.memory_free_mib for g in gpus]
+    return None if any(f is None for f in frees) else [int(f) for f in frees if f is not None]
+
+
+def driver_major(driver: str | None) -> int | None:
+    match = re.match(r"v?(\d+)", (driver or "").strip())
+    return int(match.group(1)) if match else None

@@ -17,7 +17,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from msmall.errors import EndpointUnhealthy
-from msmall.model import RECOMMENDED_TEMPERATURE
+from msmall.models import MODELS
+
+# Every model msmall knows is sampled at the same temperature (its model card: 0.15).
+RECOMMENDED_TEMPERATURE = min(spec.recommended_temperature for spec in MODELS.values())
 
 if TYPE_CHECKING:
     import httpx

@@ -1,7 +1,15 @@
-"""The serve pipeline as functions: choose a profile, plan, preflight, start, wait, smoke, record.
+"""The serve pipeline: one final plan, then one pipeline over a runtime.
 
-`cli/serve.py` calls these; tests drive them directly. Progress goes to a Reporter so the same
-pipeline runs under a live terminal view, plain stderr lines, or a test recorder.
+`final_plan()` turns a profile, overrides, options and one hardware inventory (read once) into the
+finished LaunchPlan: image tag by driver, `auto` resolved, the preflight verdict, notes and
+warnings attached. `serve`, `--dry-run`, `--json`, the state record and export all use it, so what
+is printed is what runs. `serve()` then runs the same steps for every runtime: start through the
+runner, wait for readiness while following the log, the engine's post-ready steps, smoke checks,
+the state record, and a foreground wait or a detach.
+
+`cli/serve.py` calls these; tests drive them directly. Progress goes to a Reporter
+(msmall.progress), so the same pipeline runs under a live terminal view, plain stderr lines, or a
+test recorder.
 """
 
 from __future__ import annotations
@@ -13,10 +21,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-from msmall.backends import PlanOptions, build_plan
+from msmall import backends
+from msmall.backends.base import PlanOptions
 from msmall.errors import (
     ConfigError,
     EndpointUnhealthy,
@@ -26,7 +34,14 @@ from msmall.errors import (
     MsmallError,
 )
 from msmall.plan import LaunchPlan, redact_text
-from msmall.profiles import Profile, load_profile, parse_set
+from msmall.progress import NullReporter, RecordingReporter, Reporter
+
+if TYPE_CHECKING:
+    from msmall.backends.engine import Engine
+    from msmall.diagnose import LogRules
+    from msmall.hardware import Inventory
+    from msmall.profiles import Profile
+    from msmall.runtimes import Handle
 
 TAIL_LINES = 20
 
@@ -46,81 +61,91 @@ class ServeRequest:
     check_only: bool = False
 
 
-class Reporter(Protocol):
-    def stage(self, text: str) -> None: ...
-    def info(self, text: str) -> None: ...
-    def warn(self, text: str) -> None: ...
-    def log_lines(self, lines: list[str]) -> None: ...
-    def activity(self, text: str) -> None: ...
-    def progress(self, label: str, completed: int | None, total: int | None) -> None: ...
-    def check(self, result: Any) -> None: ...
-    def close(self) -> None: ...
-
-
-class NullReporter:
-    def stage(self, text: str) -> None: ...
-    def info(self, text: str) -> None: ...
-    def warn(self, text: str) -> None: ...
-    def log_lines(self, lines: list[str]) -> None: ...
-    def activity(self, text: str) -> None: ...
-    def progress(self, label: str, completed: int | None, total: int | None) -> None: ...
-    def check(self, result: Any) -> None: ...
-    def close(self) -> None: ...
-
-
 # ---------------------------------------------------------------------------------------------
-# Planning
+# The final plan
 
 
-def choose_profile(profile_ref: str | None, read_hardware: bool) -> tuple[str, list[str]]:
+class _Profiles:
+    """Every known profile, loaded at most once per plan (only a recommendation needs them)."""
+
+    def __init__(self) -> None:
+        self._all: list[Profile] | None = None
+
+    def all(self) -> list[Profile]:
+        if self._all is None:
+            from msmall.preflight import known_profiles
+
+            self._all = known_profiles()
+        return self._all
+
+
+def choose_profile(
+    profile_ref: str | None, inventory: Inventory, profiles: list[Profile]
+) -> tuple[str, list[str]]:
     """The profile to use and why; without --profile, the recommended one for this machine."""
+    from msmall.preflight import recommend_for
+
     if profile_ref:
         return profile_ref, []
-    if read_hardware:
-        try:
-            from msmall.doctor import recommend_for_this_machine
-        except ImportError:
-            recommend_for_this_machine = None
-        if recommend_for_this_machine is not None:
-            name, why = recommend_for_this_machine()
-            if name:
-                return name, [f"using profile {name}: {why}"]
-            raise EnvironmentProblem(
-                f"no --profile given and no shipped profile fits this machine ({why})",
-                "Run `msmall doctor` for details, or `msmall serve --profile demo` for the simulator.",
-            )
+    name, why = recommend_for(inventory, profiles)
+    if name:
+        return name, [f"using profile {name}: {why}"]
+    if inventory.gpus:
+        raise EnvironmentProblem(
+            f"no --profile given and no shipped profile fits this machine ({why})",
+            "Run `msmall doctor` for details, or `msmall serve --profile demo` for the simulator.",
+        )
     raise ConfigError(
-        "no --profile given",
+        f"no --profile given, and none can be chosen for this machine ({why})",
         "Pick one from `msmall profiles list`, e.g. --profile 4090-q4 (or --profile demo for the "
         "simulator).",
     )
 
 
-def plan_for(
-    profile_ref: str | None, overrides: list[str], options: PlanOptions, read_hardware: bool
-) -> tuple[Profile, LaunchPlan, list[str]]:
-    ref, notes = choose_profile(profile_ref, read_hardware)
+def final_plan(
+    profile_ref: str | None,
+    overrides: list[str] | None = None,
+    options: PlanOptions | None = None,
+    *,
+    force: bool = False,
+    inventory: Inventory | None = None,
+) -> LaunchPlan:
+    """The plan `serve` runs and `--dry-run` prints, decided once against this machine.
+
+    Raises the same errors for both: a bad profile (ConfigError, exit 2), a plan the machine
+    cannot hold (EnvironmentProblem, exit 3; ``force`` turns it into a warning).
+    """
+    from msmall import hardware, weights
+    from msmall.preflight import preflight
+    from msmall.profiles import load_profile, parse_set
+
+    options = options or PlanOptions()
+    inv = inventory if inventory is not None else hardware.read_inventory()
+    known = _Profiles()
+    ref, notes = choose_profile(profile_ref, inv, known.all() if not profile_ref else [])
     prof = load_profile(ref, parse_set(overrides))
-    return prof, build_plan(prof, options), notes
-
-
-def preflight(prof: Profile, plan: LaunchPlan, force: bool, reporter: Reporter) -> Profile:
-    """The memory-fit check before anything loads (see doctor.preflight); may resolve 'auto'."""
-    try:
-        from msmall.doctor import preflight as doctor_preflight
-    except ImportError:
-        return prof
-    return doctor_preflight(prof, plan, force=force, reporter=reporter)
-
-
-def _host_driver_major() -> int | None:
-    from msmall.hardware import read_inventory
-
-    version = read_inventory().driver_version
-    try:
-        return int(version.split(".")[0]) if version else None
-    except ValueError:
-        return None
+    options = replace(options, backend=options.backend or prof.backend)
+    engine, runtime = backends.resolve(options.backend)
+    if runtime == "container" and options.driver_major is None:
+        # Default images from vLLM 0.20 on need an R580+ driver; older drivers get -cu129.
+        options = replace(options, driver_major=hardware.driver_major(inv.driver_version))
+    plan = backends.build_plan(prof, options)
+    recorder = RecordingReporter()
+    others = None
+    if inv.gpus and engine.needs_gpu:
+        others = [p for p in known.all() if p.name != prof.name]
+    checked = preflight(prof, plan, inv, force=force, reporter=recorder, others=others)
+    if checked.profile is not prof:
+        plan = backends.build_plan(checked.profile, options)
+    token_warning = weights.hf_token_warning(checked.profile, engine.name)
+    return plan.model_copy(
+        update={
+            "notes": [*notes, *recorder.infos],
+            "warnings": [*plan.warnings, *recorder.warnings]
+            + ([token_warning] if token_warning else []),
+            "preflight": checked.to_dict(),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,143 +189,104 @@ def signals_deferred() -> Iterator[None]:
 
 
 def failure_from_log(
-    log_path: Path, backend: str, headline: str, secrets: list[str | None]
+    log_path: Path | None, rules: LogRules | None, runtime: str, headline: str, secrets: list
 ) -> MsmallError:
     """Turn a dead or never-ready server into cause + fix + the last log lines."""
     from msmall.diagnose import diagnose
-    from msmall.supervisor import last_lines
+    from msmall.runtimes.process import last_lines
 
+    if log_path is None:
+        return EngineUnavailable(headline)
     try:
         text = log_path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         text = ""
     tail = [redact_text(line, secrets) for line in last_lines(log_path, TAIL_LINES)]
-    found = diagnose(text, "vllm" if backend in ("docker", "simulator") else backend)
+    found = diagnose(text, rules, runtime) if rules is not None else None
     details = [f"last {len(tail)} lines of {log_path}:", *tail] if tail else []
     if found is None:
         return EngineUnavailable(
             headline, f"See the log: msmall logs (full log at {log_path}).", details
         )
-    return EngineUnavailable(f"{headline}: {found.cause}", found.fix, details)
-
-
-# ---------------------------------------------------------------------------------------------
-# Serving
-
-
-def _engine_label(plan: LaunchPlan) -> str:
-    return {
-        "vllm": "vLLM",
-        "ollama": "Ollama",
-        "docker": "vLLM (docker)",
-        "simulator": "simulator",
-    }[plan.backend]
-
-
-def _host_port(plan: LaunchPlan) -> tuple[str, int]:
-    parts = urlsplit(plan.base_url)
-    return parts.hostname or "127.0.0.1", parts.port or 80
+    return EngineUnavailable(f"{headline}: {redact_text(found.cause, secrets)}", found.fix, details)
 
 
 class _LogFollower:
     """Feeds new log lines to the reporter, with engine activity picked out."""
 
-    def __init__(self, log_path: Path, backend: str, reporter: Reporter, secrets: list[str | None]):
-        from msmall.supervisor import LogTail
+    def __init__(
+        self, log_path: Path | None, rules: LogRules | None, reporter: Reporter, secrets: list
+    ) -> None:
+        from msmall.runtimes.process import LogTail
 
-        self.tail = LogTail(log_path)
-        self.backend = "vllm" if backend in ("docker", "simulator") else backend
+        self.tail = LogTail(log_path) if log_path is not None else None
+        self.rules = rules
         self.reporter = reporter
         self.secrets = secrets
 
     def pump(self) -> None:
         from msmall.diagnose import engine_activity
 
+        if self.tail is None:
+            return
         lines = [redact_text(ln, self.secrets) for ln in self.tail.read_new()]
         if not lines:
             return
         self.reporter.log_lines(lines)
         for line in lines:
-            activity = engine_activity(line, self.backend)
+            activity = engine_activity(line, self.rules) if self.rules else None
             if activity:
                 self.reporter.activity(activity)
 
 
-def serve(request: ServeRequest, reporter: Reporter | None = None) -> dict[str, Any]:
-    reporter = reporter or NullReporter()
-    prof, plan, notes = plan_for(
-        request.profile, request.overrides, request.options, read_hardware=True
-    )
-    for note in notes:
-        reporter.info(note)
-    options = request.options
-    if plan.backend == "docker" and options.driver_major is None:
-        # Default images from vLLM 0.20 on need an R580+ driver; older drivers get -cu129.
-        options = replace(options, driver_major=_host_driver_major())
-        plan = build_plan(prof, options)
-    prof = preflight(prof, plan, request.force, reporter)
-    from msmall.doctor import hf_token_warning
-
-    token_warning = hf_token_warning(prof, plan.backend)
-    if token_warning:
-        reporter.warn(token_warning)
-    if prof.serving.max_model_len != plan.max_model_len:
-        plan = build_plan(prof, options)
-    for warning in plan.warnings:
-        reporter.warn(warning)
-    if plan.backend == "docker":
-        from msmall.docker_runtime import serve_docker
-
-        return serve_docker(plan, request, reporter)
-    return _serve_process(plan, request, reporter)
+# ---------------------------------------------------------------------------------------------
+# Serving
 
 
-def _serve_process(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> dict[str, Any]:
-    from msmall import health, state, supervisor
+def _refuse_running(plan: LaunchPlan) -> None:
+    from msmall import deployments, state
 
-    secrets = [plan.api_key]
-    host, port = _host_port(plan)
-    log_path = state.log_path_for(plan.deployment)
     existing = state.load(plan.deployment)
-    if (
-        existing
-        and (existing.pid is None or supervisor.pid_alive(existing.pid, existing.pid_create_time))
-        and not existing.external
-    ):
+    if existing is not None and not existing.external and deployments.is_running(existing):
         raise ConfigError(
             f"a deployment named '{plan.deployment}' is already running ({existing.base_url})",
             f"Stop it with `msmall stop {plan.deployment}`, or pick another --name.",
         )
 
-    external = False
-    proc = None
-    if plan.backend == "ollama" and supervisor.port_in_use(host, port):
-        from msmall import ollama_api
 
-        if not ollama_api.is_ollama(plan.base_url):
-            supervisor.ensure_port_free(host, port)
-        external = True
-        reporter.warn(
-            f"reusing the Ollama daemon already running on {host}:{port}: its own settings "
-            "(OLLAMA_CONTEXT_LENGTH, OLLAMA_KV_CACHE_TYPE...) apply, not the profile's."
-        )
-    else:
-        supervisor.ensure_port_free(host, port)
+def serve(request: ServeRequest, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Plan, start, prove and then serve (or detach, or stop for --check)."""
+    reporter = reporter or NullReporter()
+    plan = final_plan(request.profile, request.overrides, request.options, force=request.force)
+    for note in plan.notes:
+        reporter.info(note)
+    for warning in plan.warnings:
+        reporter.warn(warning)
+    return run_plan(plan, request, reporter)
 
+
+def run_plan(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> dict[str, Any]:
+    """The one pipeline, for every engine and runtime."""
+    from msmall import health, state
+    from msmall.runtimes import runner_for
+
+    engine, runtime = backends.resolve(plan.backend)
+    secrets: list[str | None] = list(plan.secret_values())
+    _refuse_running(plan)
+    log_path = state.log_path_for(plan.deployment)
+    handle: Handle | None = None
     detached_ok = False
     started = time.monotonic()
     with sigterm_as_interrupt():
         try:
-            follower = None
-            if not external:
-                reporter.stage(f"starting {_engine_label(plan)}")
-                proc = supervisor.start_process(plan, log_path)
-                follower = _LogFollower(log_path, plan.backend, reporter, secrets)
+            handle = runner_for(runtime).start(
+                plan, engine, log_path, reporter, force=request.force, pull=request.pull
+            )
+            follower = _LogFollower(handle.log_path, engine.log_rules, reporter, secrets)
 
             def alive() -> bool:
-                if follower:
-                    follower.pump()
-                return proc is None or proc.poll() is None
+                follower.pump()
+                return handle.alive()
 
             reporter.stage(f"waiting for {plan.base_url} (loading)")
             try:
@@ -313,21 +299,22 @@ def _serve_process(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) 
                     timeout_s=request.ready_timeout_s,
                 )
             except EndpointUnhealthy as exc:
-                if proc is not None:
-                    if follower:
-                        follower.pump()
-                    code = proc.poll()
-                    headline = (
-                        f"{_engine_label(plan)} exited with code {code} before it was ready"
-                        if code is not None
-                        else f"{_engine_label(plan)} did not become ready: {exc.message}"
-                    )
-                    raise failure_from_log(log_path, plan.backend, headline, secrets) from None
-                raise
+                if handle.log_path is None:
+                    raise
+                handle.settle_logs()
+                follower.pump()
+                code = handle.exit_code()
+                headline = (
+                    f"{handle.label} exited with code {code} before it was ready"
+                    if code is not None
+                    else f"{handle.label} did not become ready: {exc.message}"
+                )
+                raise failure_from_log(
+                    handle.log_path, engine.log_rules, runtime, headline, secrets
+                ) from None
             ready_after = time.monotonic() - started
-
-            if plan.backend == "ollama":
-                _prepare_ollama(plan, request, reporter)
+            if engine.post_ready is not None:
+                engine.post_ready(plan, reporter)
 
             result, next_step = finish_ready(
                 plan,
@@ -335,27 +322,23 @@ def _serve_process(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) 
                 reporter,
                 log_path=log_path,
                 ready_after=ready_after,
-                pid=proc.pid if proc else None,
-                pid_create_time=proc.create_time if proc else 0.0,
-                external=external,
+                **handle.ids,
             )
             if next_step != "foreground":
                 detached_ok = next_step == "detached"
                 return result
-            _wait_foreground(proc, follower, plan, log_path, secrets)
+            _wait_foreground(handle, follower, engine, runtime, secrets)
             return result
         except KeyboardInterrupt:
-            raise Interrupted(
-                "interrupted: the server was stopped" if proc else "interrupted"
-            ) from None
+            raise Interrupted(handle.stopped_message if handle else "interrupted") from None
         finally:
             if not detached_ok:
                 with signals_deferred():
                     reporter.close()
-                    if proc is not None:
-                        proc.stop()
+                    if handle is not None:
+                        handle.stop()
                     current = state.load(plan.deployment)
-                    if current is not None and (proc is None or current.pid == proc.pid):
+                    if current is not None and handle is not None and handle.owns(current):
                         state.remove(plan.deployment)
 
 
@@ -397,6 +380,7 @@ def finish_ready(
     result = {
         "deployment": plan.deployment,
         "profile": plan.profile,
+        "model_id": plan.model,
         "backend": plan.backend,
         "base_url": plan.base_url,
         "openai_base_url": plan.openai_base_url,
@@ -436,48 +420,18 @@ def finish_ready(
     return result, "foreground"
 
 
-def _wait_foreground(proc, follower, plan: LaunchPlan, log_path: Path, secrets) -> None:
-    if proc is None:
-        # A reused Ollama daemon: nothing of ours to watch; wait for Ctrl-C.
-        while True:
-            time.sleep(0.5)
-    while proc.poll() is None:
+def _wait_foreground(
+    handle: Handle, follower: _LogFollower, engine: Engine, runtime: str, secrets: list
+) -> None:
+    while handle.alive():
         follower.pump()
-        time.sleep(0.2)
+        time.sleep(handle.poll_s)
+    handle.settle_logs()
     follower.pump()
     raise failure_from_log(
-        log_path, plan.backend, f"{_engine_label(plan)} exited with code {proc.poll()}", secrets
+        handle.log_path,
+        engine.log_rules,
+        runtime,
+        f"{handle.label} exited with code {handle.exit_code()}",
+        secrets,
     )
-
-
-def _prepare_ollama(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> None:
-    from msmall import health, ollama_api
-
-    model = plan.pull_model or plan.served_model_name
-    if not ollama_api.has_model(plan.base_url, model):
-        reporter.stage(f"pulling {model}")
-        ollama_api.pull(
-            plan.base_url,
-            model,
-            on_progress=lambda p: reporter.progress(p.status, p.completed, p.total),
-        )
-    reporter.stage(f"loading {model} into memory")
-    ollama_api.preload(plan.base_url, model)
-    entry = ollama_api.loaded(plan.base_url, model)
-    if entry:
-        warning = ollama_api.offload_warning(entry)
-        if warning:
-            reporter.warn(warning)
-    caps = ollama_api.capabilities(plan.base_url, model)
-    missing = [
-        c
-        for c, wanted in (("tools", plan.tools), ("vision", plan.vision))
-        if wanted and c not in caps
-    ]
-    if missing:
-        raise EndpointUnhealthy(
-            f"Ollama's {model} lacks the {' and '.join(missing)} capability (has: {', '.join(caps) or 'none'})",
-            "Use a mistral-small3.1 tag on Ollama >= 0.6.5 (`ollama --version`), or --set tools=false / vision=false.",
-        )
-    # Only now does Ollama's /v1/models list the model under the name clients will use.
-    health.wait_ready(plan.base_url, "ollama", model, timeout_s=60)

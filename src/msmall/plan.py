@@ -1,6 +1,6 @@
 """LaunchPlan: the one thing every backend produces, and how it is shown.
 
-Dry-run, state files and the supervisor all consume the same plan, so what is printed is exactly
+Dry-run, state files and the runtimes all consume the same plan, so what is printed is exactly
 what is run. Secret values live only in memory: every rendering here redacts them.
 """
 
@@ -39,7 +39,12 @@ class ContainerSpec(BaseModel):
 
 class LaunchPlan(BaseModel):
     profile: str
-    backend: Literal["ollama", "vllm", "docker", "simulator"]
+    # The model record's id (models.py).
+    model: str
+    # What the user chose (--backend), and what it means: the engine and where it runs.
+    backend: str
+    engine: str
+    runtime: Literal["process", "container"] = "process"
     deployment: str
     argv: list[str]
     # Environment msmall sets for the server on top of the inherited one.
@@ -60,6 +65,17 @@ class LaunchPlan(BaseModel):
     container: ContainerSpec | None = None
     api_key: str | None = Field(default=None, exclude=True, repr=False)
     warnings: list[str] = Field(default_factory=list)
+    # What msmall decided on the way, for the user (profile chosen, memory check, auto resolved).
+    notes: list[str] = Field(default_factory=list)
+    # The preflight's verdict (launcher.final_plan): {"verdict", "reason", "forced"}; None for a
+    # plan built without looking at the machine.
+    preflight: dict[str, Any] | None = None
+
+    def secret_values(self) -> list[str]:
+        """Secret values this plan carries (API key, HF token), to blank out of any text shown."""
+        envs = [self.env, self.container.environment if self.container else {}]
+        found = [v for env in envs for k, v in env.items() if k in SECRET_ENV and v]
+        return [*([self.api_key] if self.api_key else []), *found]
 
     @property
     def openai_base_url(self) -> str:

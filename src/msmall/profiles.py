@@ -16,15 +16,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from msmall import model as m
 from msmall import paths
+from msmall.backends import backend_names
 from msmall.errors import ConfigError
+from msmall.models import DEFAULT_MODEL, MODELS, get_model, max_context_any
 
-Backend = Literal["ollama", "vllm", "docker", "simulator"]
-BACKENDS: tuple[str, ...] = ("ollama", "vllm", "docker", "simulator")
-
-# Port each engine listens on by default.
-DEFAULT_PORTS = {"ollama": 11434, "vllm": 8000, "docker": 8000, "simulator": 8000}
+# Every model msmall knows has 8 KV heads: the tensor parallel sizes that split them evenly. The
+# profile's own model is checked again once it is known (Profile._consistent).
+_DEFAULT_SPEC = MODELS[DEFAULT_MODEL]
 
 
 class _Strict(BaseModel):
@@ -73,14 +72,42 @@ class Hardware(_Strict):
 
 
 class ModelVariant(_Strict):
-    ollama_tag: str = m.OLLAMA_TAG_Q4
-    hf_repo: str = m.HF_REPO_BF16
+    # Which model (models.py); the defaults below come from its record.
+    id: str = DEFAULT_MODEL
+    ollama_tag: str = ""
+    hf_repo: str = ""
     # "mistral": the repo ships consolidated.safetensors + params.json + tekken.json, so vLLM gets the
     # Mistral format flags. "hf": HF shards only (every RedHatAI quantized repo); the Mistral load and
-    # config formats would find no weights there.
-    hf_format: Literal["mistral", "hf"] = "mistral"
+    # config formats would find no weights there. Default: what the model record knows of the repo,
+    # else "hf" (vLLM >= 0.12 detects Mistral files by itself; the flags on an HF repo are fatal).
+    hf_format: Literal["mistral", "hf"] | None = None
     # Weight precision of hf_repo, used by the memory-fit model.
     weights: Literal["bf16", "fp8", "w4a16", "awq"] = "bf16"
+
+    @field_validator("id")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(f"must be one of: {', '.join(MODELS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _from_record(self) -> ModelVariant:
+        spec = get_model(self.id)
+        # object.__setattr__: validate_assignment would re-run this validator.
+        if not self.hf_repo:
+            object.__setattr__(self, "hf_repo", spec.official_repo)
+        if not self.ollama_tag:
+            object.__setattr__(self, "ollama_tag", spec.default_ollama_tag)
+        if self.hf_format is None:
+            object.__setattr__(self, "hf_format", spec.hf_format(self.hf_repo))
+        for other in MODELS.values():
+            if other.id != spec.id and self.hf_repo in other.hf_repos.values():
+                raise ValueError(
+                    f"hf_repo {self.hf_repo} holds {other.display_name}, but model.id is "
+                    f"{spec.id}: set model.id: {other.id}, or a {spec.display_name} repo"
+                )
+        return self
 
 
 class Serving(_Strict):
@@ -94,7 +121,8 @@ class Serving(_Strict):
     vision: bool = True
     images_per_prompt: int = 4
     tools: bool = True
-    served_model_name: str = "mistral-small-3.1"
+    # Default: the model record's name (mistral-small-3.1).
+    served_model_name: str = ""
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535, description="default: the backend's own")
     extra_args: list[str] = Field(default_factory=list, description="more vLLM flags, checked")
@@ -123,9 +151,9 @@ class Serving(_Strict):
     @field_validator("max_model_len")
     @classmethod
     def _max_len_range(cls, v: Any) -> Any:
-        if isinstance(v, int) and not (256 <= v <= m.MAX_CONTEXT):
+        if isinstance(v, int) and not (256 <= v <= max_context_any()):
             raise ValueError(
-                f"must be between 256 and {m.MAX_CONTEXT} (the model's trained context)"
+                f"must be between 256 and {max_context_any()} (the model's trained context)"
             )
         return v
 
@@ -139,10 +167,10 @@ class Serving(_Strict):
     @field_validator("tensor_parallel_size")
     @classmethod
     def _tp(cls, v: int) -> int:
-        if v not in m.VALID_TENSOR_PARALLEL:
+        if v not in _DEFAULT_SPEC.valid_tensor_parallel:
             raise ValueError(
-                f"must divide the model's {m.NUM_KV_HEADS} KV heads: one of "
-                + ", ".join(map(str, m.VALID_TENSOR_PARALLEL))
+                f"must divide the model's {_DEFAULT_SPEC.num_kv_heads} KV heads: one of "
+                + ", ".join(map(str, _DEFAULT_SPEC.valid_tensor_parallel))
             )
         return v
 
@@ -158,16 +186,37 @@ class Profile(_Strict):
     name: str
     description: str = ""
     extends: str | None = None
-    backend: Backend = "vllm"
+    backend: str = "vllm"
     hardware: Hardware = Field(default_factory=Hardware)
     model: ModelVariant = Field(default_factory=ModelVariant)
     serving: Serving = Field(default_factory=Serving)
     # Where the profile came from; not part of the YAML.
     source: str = Field("", exclude=True)
 
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        names = backend_names()
+        if v not in names:
+            raise ValueError(f"must be one of: {', '.join(names)}")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
         hw, sv = self.hardware, self.serving
+        spec = get_model(self.model.id)
+        if not sv.served_model_name:
+            object.__setattr__(sv, "served_model_name", spec.served_model_name)
+        if isinstance(sv.max_model_len, int) and sv.max_model_len > spec.max_context:
+            raise ValueError(
+                f"serving.max_model_len {sv.max_model_len} is beyond {spec.display_name}'s "
+                f"trained context ({spec.max_context})"
+            )
+        if sv.tensor_parallel_size not in spec.valid_tensor_parallel:
+            raise ValueError(
+                f"serving.tensor_parallel_size must divide {spec.display_name}'s "
+                f"{spec.num_kv_heads} KV heads"
+            )
         if hw.gpu_ids is not None and len(hw.gpu_ids) < sv.tensor_parallel_size:
             raise ValueError(
                 f"hardware.gpu_ids lists {len(hw.gpu_ids)} GPU(s) but "
@@ -181,7 +230,9 @@ class Profile(_Strict):
         return self
 
     def port_for(self, backend: str) -> int:
-        return self.serving.port or DEFAULT_PORTS[backend]
+        from msmall.backends import default_port
+
+        return self.serving.port or default_port(backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +295,11 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
             "Fix the YAML syntax (indentation, quotes, ':' after each key).",
         ) from None
     if data is None:
-        data = {}
+        # An empty file (or only comments) is a mistake, not "all defaults".
+        raise ConfigError(
+            f"{path}: profile file is empty",
+            "Start from `msmall profiles show 4090-q4` and edit it.",
+        )
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: a profile must be a YAML mapping of keys, not {type(data).__name__}",
@@ -377,6 +432,7 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
             ("serving", Serving),
         )
         for name in model_cls.model_fields
+        if name != "id"
     }
     out: dict[str, Any] = {}
     for item in items or []:

@@ -1,113 +1,87 @@
-"""One module per backend; each turns a Profile into a LaunchPlan."""
+"""The engine registry: the only list of engine names.
+
+Built-in engines are imported lazily (so `msmall --help` loads none of them); tests and plugins
+add theirs with `register()`. A backend, as users name it, is an engine or an alias for an engine
+in a runtime: `docker` is vLLM in a container.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from msmall.errors import ConfigError
-from msmall.plan import LaunchPlan
-from msmall.profiles import BACKENDS, Profile
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+if TYPE_CHECKING:
+    from msmall.backends.base import PlanOptions
+    from msmall.backends.engine import Engine, Runtime
+    from msmall.plan import LaunchPlan
+    from msmall.profiles import Profile
 
+# name -> module whose ENGINE attribute is the record.
+_BUILTIN = {
+    "ollama": "msmall.backends.ollama",
+    "vllm": "msmall.backends.vllm",
+    "simulator": "msmall.backends.simulator",
+}
+# backend -> (engine, runtime)
+ALIASES: dict[str, tuple[str, Runtime]] = {"docker": ("vllm", "container")}
 
-@dataclass
-class PlanOptions:
-    backend: str | None = None  # None: the profile's default
-    host: str | None = None
-    port: int | None = None
-    vllm_version: str | None = None
-    api_key: str | None = None
-    deployment: str | None = None
-    # Host driver major version, when known (Docker picks the -cu129 image below R580).
-    driver_major: int | None = None
-    # Let the plan detect the installed vllm when no --vllm-version is given.
-    detect_installed: bool = True
-
-
-def resolve_backend(profile: Profile, options: PlanOptions) -> str:
-    backend = options.backend or profile.backend
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend '{backend}'", f"Choose one of: {', '.join(BACKENDS)}")
-    return backend
+_registered: dict[str, Engine] = {}
 
 
-def check_exposure(host: str, api_key: str | None, backend: str) -> list[str]:
-    """Binding beyond loopback is an explicit choice and must come with a key where possible."""
-    if host in LOOPBACK_HOSTS or host.startswith("127."):
-        return []
-    if backend == "ollama":
-        return [
-            f"Ollama has no authentication: anyone who can reach {host} can use this server. "
-            "Put it behind a reverse proxy with a key, or keep --host 127.0.0.1."
-        ]
-    if not api_key:
+def register(engine: Engine) -> None:
+    """Add (or replace) an engine; its name becomes a valid backend everywhere."""
+    _registered[engine.name] = engine
+
+
+def unregister(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def engine_names() -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*_BUILTIN, *_registered]))
+
+
+def backend_names() -> tuple[str, ...]:
+    """What --backend and a profile's `backend:` accept, in the order help text shows them."""
+    names = list(engine_names())
+    names[names.index("vllm") + 1 : names.index("vllm") + 1] = list(ALIASES)
+    return tuple(names)
+
+
+def get_engine(name: str) -> Engine:
+    if name in _registered:
+        return _registered[name]
+    if name not in _BUILTIN:
         raise ConfigError(
-            f"--host {host} exposes the server beyond this machine without an API key",
-            "Pass --api-key (or set MSMALL_API_KEY), or keep the default --host 127.0.0.1.",
+            f"unknown backend '{name}'", f"Choose one of: {', '.join(backend_names())}"
         )
-    return []
+    return importlib.import_module(_BUILTIN[name]).ENGINE
 
 
-@dataclass
-class Endpoint:
-    host: str  # the address the server binds
-    port: int
-    base_url: str  # where msmall and clients connect
-    warnings: list[str]
+def resolve(backend: str) -> tuple[Engine, Runtime]:
+    """The engine and runtime a backend name means."""
+    engine_name, runtime = ALIASES.get(backend, (backend, "process"))
+    engine = get_engine(engine_name)
+    if runtime == "container" and engine.container_plan is None:
+        raise ConfigError(f"the {engine.label} engine has no container image msmall can run")
+    return engine, runtime
 
 
-def endpoint(profile: Profile, options: PlanOptions, backend: str) -> Endpoint:
-    host = options.host or profile.serving.host
-    port = options.port or profile.port_for(backend)
-    warnings = check_exposure(host, options.api_key, backend)
-    # A server bound to every interface is reached on loopback.
-    connect = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    if ":" in connect:
-        connect = f"[{connect}]"
-    return Endpoint(host, port, f"http://{connect}:{port}", warnings)
-
-
-def gpu_env(profile: Profile) -> dict[str, str]:
-    """CUDA_VISIBLE_DEVICES for a profile that names its GPUs (its own env setting wins)."""
-    ids = profile.hardware.gpu_ids
-    return {"CUDA_VISIBLE_DEVICES": ",".join(ids)} if ids else {}
-
-
-def common_fields(profile: Profile, options: PlanOptions, ep: Endpoint) -> dict:
-    """The LaunchPlan fields every backend fills the same way."""
-    sv = profile.serving
-    return {
-        "profile": profile.name,
-        "deployment": options.deployment or profile.name,
-        "base_url": ep.base_url,
-        "vision": sv.vision,
-        "images_per_prompt": sv.images_per_prompt if sv.vision else 0,
-        "tools": sv.tools,
-        "max_model_len": sv.max_model_len,
-        "warnings": ep.warnings,
-    }
+def default_port(backend: str) -> int:
+    return resolve(backend)[0].default_port
 
 
 def build_plan(profile: Profile, options: PlanOptions | None = None) -> LaunchPlan:
+    """The engine's plan for a profile, for the runtime its backend names. No hardware is read
+    here: `launcher.final_plan` adds what the hardware decides and the preflight verdict."""
+    from msmall.backends.base import PlanOptions
+
     options = options or PlanOptions()
-    backend = resolve_backend(profile, options)
-    if options.port is not None and not 1 <= options.port <= 65535:
-        raise ConfigError(
-            f"--port {options.port} is not a TCP port", "Choose a port between 1 and 65535."
-        )
-    if backend == "ollama":
-        from msmall.backends.ollama import plan_ollama
-
-        return plan_ollama(profile, options)
-    if backend == "vllm":
-        from msmall.backends.vllm import plan_vllm
-
-        return plan_vllm(profile, options)
-    if backend == "docker":
-        from msmall.backends.docker import plan_docker
-
-        return plan_docker(profile, options)
-    from msmall.backends.simulator import plan_simulator
-
-    return plan_simulator(profile, options)
+    options = replace(options, backend=options.backend or profile.backend)
+    engine, runtime = resolve(options.backend)
+    plan_fn = engine.container_plan if runtime == "container" else engine.plan
+    assert plan_fn is not None  # resolve() refuses engines without a container plan
+    return plan_fn(profile, options, engine)

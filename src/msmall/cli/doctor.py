@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from msmall.backends import backend_names
 from msmall.cli.output import err, out, print_json, status_style
 
 if TYPE_CHECKING:
@@ -24,7 +25,10 @@ def doctor(
         help="Check this profile (name or YAML path); exit 3 if it cannot run here.",
     ),
     backend: Optional[str] = typer.Option(
-        None, "--backend", "-b", help="With --profile: ollama | vllm | docker | simulator."
+        None,
+        "--backend",
+        "-b",
+        help=f"With --profile: {' | '.join(backend_names())}.",
     ),
     set_: Optional[list[str]] = typer.Option(
         None,

@@ -78,7 +78,8 @@ def validate(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Check a profile file and the command it makes; exit 2 with the reason when it is invalid."""
-    from msmall.backends import PlanOptions, build_plan
+    from msmall.backends import build_plan
+    from msmall.backends.base import PlanOptions
     from msmall.errors import ConfigError
     from msmall.profiles import validate_file
 

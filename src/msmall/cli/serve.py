@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from msmall.backends import backend_names
 from msmall.cli.output import err, out, print_json
 
 
@@ -18,7 +19,10 @@ def serve(
         None, "--profile", "-p", help="Profile name or YAML path (default: the one that fits)."
     ),
     backend: Optional[str] = typer.Option(
-        None, "--backend", "-b", help="ollama | vllm | docker | simulator (default: the profile's)."
+        None,
+        "--backend",
+        "-b",
+        help=f"{' | '.join(backend_names())} (default: the profile's).",
     ),
     host: Optional[str] = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port (default: the backend's)."),
@@ -57,8 +61,8 @@ def serve(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Serve Mistral Small 3.1 with a profile and prove the endpoint works."""
-    from msmall.backends import PlanOptions
+    """Serve Mistral Small with a profile and prove the endpoint works."""
+    from msmall.backends.base import PlanOptions
     from msmall.errors import ConfigError
 
     if pull not in ("never", "missing", "always"):
@@ -70,7 +74,7 @@ def serve(
         deployment=name,
     )  # fmt: skip
     if dry_run:
-        _dry_run(profile, set_, options, as_json)
+        _dry_run(profile, set_, options, force, as_json)
         return
     from msmall.cli.serve_view import make_reporter
     from msmall.launcher import ServeRequest
@@ -92,26 +96,27 @@ def serve(
         print_json(result)
 
 
-def _dry_run(profile_ref: Optional[str], set_: Optional[list[str]], options, as_json: bool) -> None:
-    from msmall.launcher import plan_for
+def _dry_run(
+    profile_ref: Optional[str], set_: Optional[list[str]], options, force: bool, as_json: bool
+) -> None:
+    """The plan `serve` would run, decided the same way (same preflight, same refusals)."""
+    from msmall.launcher import final_plan
     from msmall.plan import render_command
 
-    prof, plan, notes = plan_for(profile_ref, set_ or [], options, read_hardware=False)
+    plan = final_plan(profile_ref, set_ or [], options, force=force)
     if as_json:
-        data = plan.to_public_dict()
-        data["notes"] = notes
-        print_json(data)
+        print_json(plan.to_public_dict())
         return
-    for note in notes:
+    for note in plan.notes:
         err().print(f"# {note}", markup=False, style="dim")
     for warning in plan.warnings:
         err().print(f"warning: {warning}", markup=False, style="yellow")
     out().print(
-        f"# profile {prof.name}, backend {plan.backend}"
+        f"# profile {plan.profile}, backend {plan.backend}"
         + (f", vLLM {plan.engine_version}" if plan.engine_version else ""),
         markup=False,
     )
-    if plan.backend == "docker":
+    if plan.container is not None:
         out().print(plan.docker_run(), markup=False)
     else:
         out().print(render_command(plan.argv, plan.env), markup=False)

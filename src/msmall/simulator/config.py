@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from msmall import model as m
+from msmall.models import MISTRAL_SMALL_3_1 as m
 
 Flavor = Literal["vllm", "ollama"]
 FLAVORS: tuple[str, ...] = ("vllm", "ollama")
@@ -21,7 +21,7 @@ VLLM_VERSION = "0.33.0"
 OLLAMA_VERSION = "0.33.0"
 
 DEFAULT_PORTS = {"vllm": 8000, "ollama": 11434}
-DEFAULT_SERVED_NAMES = {"vllm": "mistral-small-3.1", "ollama": m.OLLAMA_TAG_Q4}
+DEFAULT_SERVED_NAMES = {"vllm": "mistral-small-3.1", "ollama": m.default_ollama_tag}
 
 # vLLM with no --max-model-len uses the model's full context (131072); the simulator defaults to
 # the 32k most profiles set, because it stands in for a server msmall launched.

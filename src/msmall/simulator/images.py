@@ -14,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from msmall import model as m
+from msmall.models import MISTRAL_SMALL_3_1 as m
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -57,7 +57,7 @@ def image_tokens(width: int, height: int) -> int:
     scale = min(1.0, 1540 / max(width, height))
     cols = math.ceil(width * scale / 28)
     rows = math.ceil(height * scale / 28)
-    return min(rows * cols + rows, m.MAX_TOKENS_PER_IMAGE)
+    return min(rows * cols + rows, m.max_tokens_per_image)
 
 
 def decode_data_url(url: str) -> bytes:

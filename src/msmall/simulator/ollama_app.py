@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from msmall import model as m
+from msmall.models import MISTRAL_SMALL_3_1 as m
 from msmall.simulator import generation as gen
 from msmall.simulator import ollama_native as native
 from msmall.simulator.chat import ChatError, ChatRequest, Completion, Dialect, handle_chat
@@ -198,11 +198,11 @@ def build_ollama_app(state: SimState) -> Starlette:
                 "model_info": {
                     "general.architecture": "mistral3",
                     "general.parameter_count": 24_011_361_280,
-                    "mistral3.block_count": m.NUM_LAYERS,
-                    "mistral3.context_length": m.MAX_CONTEXT,
-                    "mistral3.embedding_length": m.HIDDEN_SIZE,
-                    "mistral3.attention.head_count": m.NUM_QUERY_HEADS,
-                    "mistral3.attention.head_count_kv": m.NUM_KV_HEADS,
+                    "mistral3.block_count": m.num_layers,
+                    "mistral3.context_length": m.max_context,
+                    "mistral3.embedding_length": m.hidden_size,
+                    "mistral3.attention.head_count": m.num_query_heads,
+                    "mistral3.attention.head_count_kv": m.num_kv_heads,
                     "mistral3.vision.block_count": 24,
                 },
                 "capabilities": _capabilities(state),

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from msmall import model as m
+from msmall.models import MISTRAL_SMALL_3_1 as m
 from msmall.simulator.config import SimulatorConfig
 from msmall.simulator.logs import OllamaLog, VllmLog
 
@@ -32,7 +32,7 @@ OLLAMA_TAGS: dict[str, tuple[str, int]] = {
 SMALL_LAYERS = (("template", 695), ("license", 11_357), ("params", 32))
 # Loaded size = weights + KV cache of the context + this much for the vision projector and graphs.
 _RUNTIME_OVERHEAD = int(1.6 * 2**30)
-_KV_BYTES_PER_TOKEN = 2 * m.NUM_LAYERS * m.NUM_KV_HEADS * m.HEAD_DIM * 2  # f16 K and V
+_KV_BYTES_PER_TOKEN = 2 * m.num_layers * m.num_kv_heads * m.head_dim * 2  # f16 K and V
 
 
 def normalise_tag(name: str) -> str:

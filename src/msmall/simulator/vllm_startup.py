@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 
-from msmall import model as m
+from msmall.models import MISTRAL_SMALL_3_1 as m
 from msmall.simulator.config import VLLM_VERSION
 from msmall.simulator.state import SimState
 from msmall.simulator.vllm_app import LOGGED_ROUTES
 
-_KV_BYTES_PER_TOKEN = 2 * m.NUM_LAYERS * m.NUM_KV_HEADS * m.HEAD_DIM * 2  # bf16: 160 KiB
+_KV_BYTES_PER_TOKEN = 2 * m.num_layers * m.num_kv_heads * m.head_dim * 2  # bf16: 160 KiB
 _WEIGHTS_GIB = 14.25  # the 4-bit (w4a16) checkpoint on one 24 GB card
 _GIB = 2**30
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from msmall import engines
-from msmall.backends import PlanOptions, common_fields, endpoint
-from msmall.backends.vllm import secret_env, target_vllm_version, vllm_flags
+from msmall.backends.base import PlanOptions, common_fields, endpoint, secret_env
+from msmall.backends.vllm import versions
+from msmall.backends.vllm.plan import target_vllm_version, vllm_flags
 from msmall.plan import ContainerSpec, LaunchPlan, docker_run_argv
-from msmall.profiles import Profile
+
+if TYPE_CHECKING:
+    from msmall.backends.engine import Engine
+    from msmall.profiles import Profile
 
 IMAGE_REPO = "vllm/vllm-openai"
 CONTAINER_PORT = 8000
@@ -29,13 +33,13 @@ def container_name(deployment: str) -> str:
     return "msmall-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", deployment)
 
 
-def plan_docker(profile: Profile, options: PlanOptions) -> LaunchPlan:
+def plan_docker(profile: Profile, options: PlanOptions, engine: Engine) -> LaunchPlan:
     # The image brings its own vLLM: the host's installed vllm says nothing about it.
-    version = target_vllm_version(options, use_installed=False)
-    ep = endpoint(profile, options, "docker")
-    fields = common_fields(profile, options, ep)
+    version = target_vllm_version(profile, options, use_installed=False)
+    ep = endpoint(profile, options, engine)
+    fields = common_fields(profile, options, ep, engine, "container")
     deployment = fields["deployment"]
-    image = f"{IMAGE_REPO}:{engines.docker_image_tag(version, options.driver_major)}"
+    image = f"{IMAGE_REPO}:{versions.docker_image_tag(version, options.driver_major)}"
     # Inside the container vLLM must listen on every interface for the published port to reach
     # it; exposure is decided by the host side of the port mapping.
     command = [
@@ -61,11 +65,9 @@ def plan_docker(profile: Profile, options: PlanOptions) -> LaunchPlan:
     argv = docker_run_argv(spec)
     return LaunchPlan(
         **fields,
-        backend="docker",
         argv=argv,
         env={},
         served_model_name=profile.serving.served_model_name,
-        flavor="vllm",
         engine_version=version,
         image=image,
         container=spec,

@@ -1,4 +1,5 @@
-"""Start, watch and stop a server process; its output goes to a log file msmall can tail.
+"""The host-process runtime: start, watch and stop a server process whose output goes to a log
+file msmall can tail.
 
 The child runs in its own process group (so a terminal Ctrl-C reaches msmall, not the engine, and
 msmall decides how to stop it) and writes straight to the log file (so it keeps logging after a
@@ -15,9 +16,15 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from msmall.errors import ConfigError, EngineUnavailable, EnvironmentProblem
 from msmall.plan import LaunchPlan
+
+if TYPE_CHECKING:
+    from msmall.backends.engine import Engine
+    from msmall.progress import Reporter
 
 # How long a server gets to exit after SIGTERM before SIGKILL. vLLM tears down its engine
 # core process and frees GPU memory on SIGTERM; a few seconds is usually enough.
@@ -94,7 +101,7 @@ def fresh_log(log_path: Path, header: str) -> None:
 def start_process(plan: LaunchPlan, log_path: Path) -> ServerProcess:
     argv = resolve_executable(plan.argv)
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
-    fresh_log(log_path, f"--- msmall: starting {plan.backend} for {plan.deployment}\n")
+    fresh_log(log_path, f"--- msmall: starting {plan.engine} for {plan.deployment}\n")
     with open(log_path, "ab", buffering=0) as log:
         try:
             popen = subprocess.Popen(
@@ -225,3 +232,91 @@ def ensure_port_free(host: str, port: int) -> None:
 def check_port_value(port: int) -> None:
     if not (1 <= port <= 65535):
         raise ConfigError(f"--port {port} is not a TCP port (1-65535)")
+
+
+def host_port(base_url: str) -> tuple[str, int]:
+    parts = urlsplit(base_url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner the serve pipeline uses
+
+
+class ProcessHandle:
+    """A server process msmall started for this serve."""
+
+    poll_s = 0.2
+
+    def __init__(self, proc: ServerProcess, label: str) -> None:
+        self.proc = proc
+        self.label = label
+        self.log_path = proc.log_path
+        self.stopped_message = "interrupted: the server was stopped"
+
+    @property
+    def ids(self) -> dict[str, Any]:
+        return {"pid": self.proc.pid, "pid_create_time": self.proc.create_time}
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll()
+
+    def settle_logs(self) -> None:
+        """The child writes the log file itself: nothing to wait for."""
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    def owns(self, record: Any) -> bool:
+        return record.pid == self.proc.pid
+
+
+class ExternalHandle:
+    """A server msmall found running and reuses (an Ollama daemon): never ours to stop."""
+
+    poll_s = 0.5
+    log_path = None
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.stopped_message = "interrupted"
+
+    ids: dict[str, Any] = {"pid": None, "external": True}  # noqa: RUF012 (read-only)
+
+    def alive(self) -> bool:
+        return True
+
+    def exit_code(self) -> int | None:
+        return None
+
+    def settle_logs(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def owns(self, record: Any) -> bool:
+        return record.external
+
+
+class ProcessRunner:
+    """Runs a plan's argv on this machine."""
+
+    def start(
+        self, plan: LaunchPlan, engine: Engine, log_path: Path, reporter: Reporter, **_: Any
+    ) -> ProcessHandle | ExternalHandle:
+        host, port = host_port(plan.base_url)
+        if engine.reusable_server is not None and port_in_use(host, port):
+            if not engine.reusable_server(plan.base_url):
+                ensure_port_free(host, port)
+            reporter.warn(
+                f"reusing the {engine.label} daemon already running on {host}:{port}: "
+                + (engine.reuse_note or "its own settings apply, not the profile's.")
+            )
+            return ExternalHandle(engine.label)
+        ensure_port_free(host, port)
+        reporter.stage(f"starting {engine.label}")
+        return ProcessHandle(start_process(plan, log_path), engine.label)

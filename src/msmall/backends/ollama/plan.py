@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from msmall.backends import PlanOptions, common_fields, endpoint, gpu_env
+from typing import TYPE_CHECKING
+
+from msmall.backends.base import PlanOptions, common_fields, endpoint, gpu_env
 from msmall.plan import LaunchPlan
-from msmall.profiles import Profile
+
+if TYPE_CHECKING:
+    from msmall.backends.engine import Engine
+    from msmall.profiles import Profile
 
 # Ollama's KV cache types; anything but f16 needs flash attention.
 _KV_TYPES = {"auto": "f16", "fp8": "q8_0", "fp8_e4m3": "q8_0", "fp8_e5m2": "q8_0"}
 
 
-def plan_ollama(profile: Profile, options: PlanOptions) -> LaunchPlan:
+def plan_ollama(profile: Profile, options: PlanOptions, engine: Engine) -> LaunchPlan:
     sv = profile.serving
-    ep = endpoint(profile, options, "ollama")
+    ep = endpoint(profile, options, engine)
     env = {
         "OLLAMA_HOST": f"{ep.host}:{ep.port}",
         "OLLAMA_FLASH_ATTENTION": "1",
@@ -34,11 +39,9 @@ def plan_ollama(profile: Profile, options: PlanOptions) -> LaunchPlan:
             "skips msmall's vision check."
         )
     return LaunchPlan(
-        **common_fields(profile, options, ep),
-        backend="ollama",
+        **common_fields(profile, options, ep, engine, "process"),
         argv=["ollama", "serve"],
         env=env,
         served_model_name=profile.model.ollama_tag,
-        flavor="ollama",
         pull_model=profile.model.ollama_tag,
     )

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from msmall.backends import PlanOptions, common_fields, endpoint, gpu_env
-from msmall.backends.vllm import secret_env
+from msmall.backends.base import PlanOptions, common_fields, endpoint, gpu_env, secret_env
 from msmall.plan import LaunchPlan
-from msmall.profiles import Profile
+
+if TYPE_CHECKING:
+    from msmall.backends.engine import Engine
+    from msmall.profiles import Profile
 
 
-def plan_simulator(profile: Profile, options: PlanOptions) -> LaunchPlan:
+def plan_simulator(profile: Profile, options: PlanOptions, engine: Engine) -> LaunchPlan:
     sv = profile.serving
-    ep = endpoint(profile, options, "simulator")
+    ep = endpoint(profile, options, engine)
     argv = [
         sys.executable, "-m", "msmall.simulator",
         "--flavor", "vllm",
@@ -27,11 +30,9 @@ def plan_simulator(profile: Profile, options: PlanOptions) -> LaunchPlan:
     # For the simulator, extra_args are its own knobs (--startup-delay, --fail ...).
     argv += sv.extra_args
     return LaunchPlan(
-        **common_fields(profile, options, ep),
-        backend="simulator",
+        **common_fields(profile, options, ep, engine, "process"),
         argv=argv,
         env={**gpu_env(profile), **sv.env, **secret_env(options.api_key)},
         served_model_name=sv.served_model_name,
-        flavor="vllm",
         api_key=options.api_key,
     )

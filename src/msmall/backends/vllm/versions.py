@@ -7,15 +7,15 @@ Sources: shared/FACTS.md (checked against vLLM 0.33.0 and its changelog) and vLL
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
+from typing import TYPE_CHECKING
 
 from msmall.errors import ConfigError
 
+if TYPE_CHECKING:
+    from msmall.models import ModelSpec
+
 # The newest vLLM msmall knows; used when neither --vllm-version nor an installed vllm says otherwise.
 VLLM_LATEST = "0.33.0"
-# Mistral Small 3.1 (Mistral3ForConditionalGeneration with Pixtral vision) landed in vLLM 0.8.
-VLLM_MIN_FOR_MODEL = "0.8.0"
 # --limit-mm-per-prompt: 'image=N' worked up to 0.9.x and fails from 0.10.0 on, which wants JSON.
 VLLM_LIMIT_MM_JSON_FROM = "0.10.0"
 # --max-model-len auto/-1 (largest context that fits) is known good in 0.33; older versions get a number.
@@ -49,11 +49,12 @@ def normalize_version(text: str) -> str:
     return ".".join(map(str, parse_version(text)))
 
 
-def check_vllm_version(version: str) -> str:
+def check_vllm_version(version: str, model: ModelSpec) -> str:
     version = normalize_version(version)
-    if not at_least(version, VLLM_MIN_FOR_MODEL):
+    if not at_least(version, model.vllm_min_version):
         raise ConfigError(
-            f"vLLM {version} cannot serve Mistral Small 3.1 (support arrived in {VLLM_MIN_FOR_MODEL})",
+            f"vLLM {version} cannot serve {model.display_name} (support arrived in "
+            f"{model.vllm_min_version})",
             f"Upgrade vLLM, or generate for a newer one with --vllm-version {VLLM_LATEST}",
         )
     return version
@@ -104,23 +105,20 @@ def installed_vllm_version(timeout_s: float = 60.0) -> str | None:
     """The vllm on PATH, if any. `vllm --version` imports torch, hence the generous timeout."""
     from importlib import metadata
 
+    from msmall import procs
+
     try:
         return metadata.version("vllm")
     except metadata.PackageNotFoundError:
         pass
-    exe = shutil.which("vllm")
-    if exe is None:
-        return None
     try:
-        out = subprocess.run(
-            [exe, "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        out = procs.run(["vllm", "--version"], timeout_s=timeout_s)
+    except procs.ToolMissing:
         return None
-    if out.returncode != 0:
+    except procs.ToolFailed:
         return None
     # Importing vllm may log INFO lines to stdout first: prefer a line that is only a version.
-    text = out.stdout or ""
+    text = out.stdout
     match = re.search(r"^\s*v?(\d+\.\d+(?:\.\d+)?)\S*\s*$", text, re.MULTILINE) or re.search(
         r"(\d+\.\d+(?:\.\d+)?)", text
     )

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from msmall import engines
-from msmall.backends import PlanOptions, common_fields, endpoint, gpu_env
+from typing import TYPE_CHECKING
+
+from msmall.backends.base import PlanOptions, common_fields, endpoint, gpu_env, secret_env
+from msmall.backends.vllm import versions
 from msmall.errors import ConfigError
+from msmall.models import get_model
 from msmall.plan import LaunchPlan
-from msmall.profiles import Profile
+
+if TYPE_CHECKING:
+    from msmall.backends.engine import Engine
+    from msmall.profiles import Profile
 
 
-def target_vllm_version(options: PlanOptions, use_installed: bool = True) -> str:
+def target_vllm_version(profile: Profile, options: PlanOptions, use_installed: bool = True) -> str:
+    model = get_model(profile.model.id)
     if options.vllm_version:
-        return engines.check_vllm_version(options.vllm_version)
+        return versions.check_vllm_version(options.vllm_version, model)
     if use_installed and options.detect_installed:
-        installed = engines.installed_vllm_version()
+        installed = versions.installed_vllm_version()
         if installed:
-            return engines.check_vllm_version(installed)
-    return engines.VLLM_LATEST
+            return versions.check_vllm_version(installed, model)
+    return versions.VLLM_LATEST
 
 
 def vllm_flags(profile: Profile, version: str, host: str, port: int) -> list[str]:
@@ -32,9 +39,9 @@ def vllm_flags(profile: Profile, version: str, host: str, port: int) -> list[str
             "--load-format", "mistral",
         ]  # fmt: skip
     max_len = sv.max_model_len
-    if max_len == "auto" and not engines.at_least(version, engines.VLLM_MAX_LEN_AUTO_FROM):
+    if max_len == "auto" and not versions.at_least(version, versions.VLLM_MAX_LEN_AUTO_FROM):
         raise ConfigError(
-            f"max_model_len=auto needs vLLM {engines.VLLM_MAX_LEN_AUTO_FROM}+ (target: {version})",
+            f"max_model_len=auto needs vLLM {versions.VLLM_MAX_LEN_AUTO_FROM}+ (target: {version})",
             "Give a number, e.g. --set max_model_len=32768, or run `msmall serve` where GPUs "
             "are visible so msmall picks the largest context that fits.",
         )
@@ -48,11 +55,11 @@ def vllm_flags(profile: Profile, version: str, host: str, port: int) -> list[str
     if sv.kv_cache_dtype != "auto":
         flags += ["--kv-cache-dtype", sv.kv_cache_dtype]
     images = sv.images_per_prompt if sv.vision else 0
-    flags += ["--limit-mm-per-prompt", engines.limit_mm_per_prompt(version, images)]
+    flags += ["--limit-mm-per-prompt", versions.limit_mm_per_prompt(version, images)]
     if sv.tools:
         # Without both, tool calls come back as plain text in `content`.
         flags += ["--tool-call-parser", "mistral", "--enable-auto-tool-choice"]
-    engines.check_extra_args(sv.extra_args, version)
+    versions.check_extra_args(sv.extra_args, version)
     mistral_flag = _mistral_format_flag(sv.extra_args)
     if mistral_flag and profile.model.hf_format == "hf":
         raise ConfigError(
@@ -76,22 +83,15 @@ def _mistral_format_flag(args: list[str]) -> str | None:
     return None
 
 
-def secret_env(api_key: str | None) -> dict[str, str]:
-    # The key goes in the environment, not argv, so `ps` on the machine never shows it.
-    return {"VLLM_API_KEY": api_key} if api_key else {}
-
-
-def plan_vllm(profile: Profile, options: PlanOptions) -> LaunchPlan:
-    version = target_vllm_version(options)
-    ep = endpoint(profile, options, "vllm")
+def plan_vllm(profile: Profile, options: PlanOptions, engine: Engine) -> LaunchPlan:
+    version = target_vllm_version(profile, options)
+    ep = endpoint(profile, options, engine)
     argv = ["vllm", "serve", profile.model.hf_repo, *vllm_flags(profile, version, ep.host, ep.port)]
     return LaunchPlan(
-        **common_fields(profile, options, ep),
-        backend="vllm",
+        **common_fields(profile, options, ep, engine, "process"),
         argv=argv,
         env={**gpu_env(profile), **profile.serving.env, **secret_env(options.api_key)},
         served_model_name=profile.serving.served_model_name,
-        flavor="vllm",
         engine_version=version,
         api_key=options.api_key,
     )

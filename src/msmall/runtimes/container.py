@@ -1,9 +1,11 @@
-"""Running the vllm/vllm-openai image through the docker SDK.
+"""The container runtime: an engine's image run through the docker SDK (today vLLM's
+vllm/vllm-openai; any engine with a container plan).
 
-Same pipeline as the process backends: the container's output is streamed live into the same log
-file (so the status view and diagnosis work unchanged), readiness and smoke checks go through the
-published port, Ctrl-C stops and removes the container, `--detach` leaves it running and recorded.
-Containers carry the `msmall.deployment` label, so `ps`/`stop` find them even without a state file.
+The serve pipeline is the same as for host processes: the container's output is streamed live into
+the log file (so the status view and diagnosis work unchanged), readiness and smoke checks go
+through the published port, Ctrl-C stops and removes the container, `--detach` leaves it running
+and recorded. Containers carry the `msmall.deployment` label, so `ps`/`stop` find them even
+without a state file.
 """
 
 from __future__ import annotations
@@ -13,13 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from msmall.errors import (
-    ConfigError,
-    EndpointUnhealthy,
-    EngineUnavailable,
-    EnvironmentProblem,
-    Interrupted,
-)
+from msmall.errors import ConfigError, EngineUnavailable, EnvironmentProblem
 from msmall.plan import LaunchPlan, redact_text
 
 if TYPE_CHECKING:
@@ -338,136 +334,106 @@ def _make_bind_sources(plan: LaunchPlan) -> None:
                 pass  # the daemon reports a bind it cannot make
 
 
-def serve_docker(plan: LaunchPlan, request, reporter) -> dict[str, Any]:
-    import docker
+class ContainerHandle:
+    """A container msmall created and started for this serve."""
 
-    from msmall import health, state
-    from msmall.launcher import (
-        failure_from_log,
-        finish_ready,
-        signals_deferred,
-        sigterm_as_interrupt,
-    )
-    from msmall.supervisor import ensure_port_free, fresh_log, pid_alive
+    poll_s = ALIVE_CHECK_INTERVAL_S
 
-    assert plan.container is not None and plan.image is not None
-    secrets = [plan.api_key, plan.container.environment.get("HF_TOKEN")]
-    existing = state.load(plan.deployment)
-    if existing and existing.pid is not None and pid_alive(existing.pid, existing.pid_create_time):
-        raise ConfigError(
-            f"a deployment named '{plan.deployment}' is already running ({existing.base_url})",
-            f"Stop it with `msmall stop {plan.deployment}`, or pick another --name.",
-        )
-    cli = client()
-    for warning in preflight(cli, request.force):
-        reporter.warn(warning)
-    # Before the port check: a live container of this deployment holds the port too, and
-    # "stop it with msmall stop" is the useful answer, not "port in use".
-    check_name_free(cli, plan)
-    host, port = plan.container.ports[next(iter(plan.container.ports))]
-    ensure_port_free(host, port)
-    ensure_image(cli, plan.image, request.pull, reporter)
-    _make_bind_sources(plan)
+    def __init__(self, container: Any, pump: LogPump, log_path: Path) -> None:
+        self.container = container
+        self.pump = pump
+        self.log_path = log_path
+        self.label = "the container"
+        self.stopped_message = "interrupted: the container was stopped and removed"
+        self._checked_at = 0.0
+        self._running = True
 
-    log_path = state.log_path_for(plan.deployment)
-    fresh_log(log_path, f"--- msmall: starting {plan.image} for {plan.deployment}\n")
+    @property
+    def ids(self) -> dict[str, Any]:
+        return {"container_id": self.container.id}
 
-    container = None
-    detached_ok = False
-    started = time.monotonic()
-    with sigterm_as_interrupt():
+    def alive(self) -> bool:
+        # Readiness polls every few ms; the daemon is asked at most every ALIVE_CHECK_INTERVAL_S.
+        now = time.monotonic()
+        if now - self._checked_at >= ALIVE_CHECK_INTERVAL_S:
+            self._checked_at = now
+            status = container_state(self.container)[0]
+            self._running = status in ("created", "running", "restarting")
+        return self._running
+
+    def exit_code(self) -> int | None:
+        status, code = container_state(self.container)
+        return code if status in ("exited", "dead") else None
+
+    def settle_logs(self) -> None:
+        """Let the log stream deliver the container's last words before they are read."""
+        self.pump.join(timeout=5)
+
+    def stop(self) -> None:
+        remove_container(self.container)
+
+    def owns(self, record: Any) -> bool:
+        return record.container_id == self.container.id
+
+
+class ContainerRunner:
+    """Runs a plan's container spec on the Docker daemon at DOCKER_HOST."""
+
+    def start(
+        self,
+        plan: LaunchPlan,
+        engine: Any,
+        log_path: Path,
+        reporter: Any,
+        *,
+        force: bool = False,
+        pull: str = "missing",
+    ) -> ContainerHandle:
+        import docker
+
+        from msmall.runtimes.process import ensure_port_free, fresh_log
+
+        assert plan.container is not None and plan.image is not None
+        cli = client()
+        for warning in preflight(cli, force):
+            reporter.warn(warning)
+        # Before the port check: a live container of this deployment holds the port too, and
+        # "stop it with msmall stop" is the useful answer, not "port in use".
+        check_name_free(cli, plan)
+        host, port = plan.container.ports[next(iter(plan.container.ports))]
+        ensure_port_free(host, port)
+        ensure_image(cli, plan.image, pull, reporter)
+        _make_bind_sources(plan)
+        fresh_log(log_path, f"--- msmall: starting {plan.image} for {plan.deployment}\n")
+
+        reporter.stage(f"starting container {plan.container.name}")
+        container = create_container(cli, plan)
         try:
-            reporter.stage(f"starting container {plan.container.name}")
-            container = create_container(cli, plan)
             try:
                 container.start()
             except docker.errors.APIError as exc:
-                text = exc.explanation or str(exc)
-                if "could not select device driver" in text or "CDI device injection" in text:
-                    raise EnvironmentProblem(
-                        f"Docker cannot give the container a GPU: {_short(text)}", TOOLKIT_FIX
-                    ) from None
-                if "port is already allocated" in text or "address already in use" in text:
-                    raise EnvironmentProblem(
-                        f"port {port} on {host} is already in use: {_short(text)}",
-                        f"Stop what runs there (`msmall ps`), or pick another port with --port {port + 1}.",
-                    ) from None
-                raise EngineUnavailable(f"the container did not start: {_short(text)}") from None
+                raise _start_error(exc, host, port) from None
             pump = LogPump(container, log_path)
             pump.start()
+        except BaseException:
+            # Created but not started (or Ctrl-C right here): nothing may stay behind.
+            remove_container(container, stop=False)
+            raise
+        return ContainerHandle(container, pump, log_path)
 
-            from msmall.launcher import _LogFollower
 
-            follower = _LogFollower(log_path, "docker", reporter, secrets)
-            last_check = [0.0, True]
-
-            def alive() -> bool:
-                follower.pump()
-                now = time.monotonic()
-                if now - last_check[0] >= ALIVE_CHECK_INTERVAL_S:
-                    last_check[0] = now
-                    last_check[1] = container_state(container)[0] in (
-                        "created",
-                        "running",
-                        "restarting",
-                    )
-                return bool(last_check[1])
-
-            reporter.stage(f"waiting for {plan.base_url} (loading)")
-            try:
-                health.wait_ready(
-                    plan.base_url, "vllm", plan.served_model_name, api_key=plan.api_key,
-                    alive=alive, timeout_s=request.ready_timeout_s,
-                )  # fmt: skip
-            except EndpointUnhealthy as exc:
-                pump.join(timeout=5)
-                follower.pump()
-                status, code = container_state(container)
-                headline = (
-                    f"the container exited with code {code} before it was ready"
-                    if status == "exited"
-                    else f"the container did not become ready: {exc.message}"
-                )
-                raise failure_from_log(log_path, "docker", headline, secrets) from None
-            ready_after = time.monotonic() - started
-
-            result, next_step = finish_ready(
-                plan,
-                request,
-                reporter,
-                log_path=log_path,
-                ready_after=ready_after,
-                container_id=container.id,
-            )
-            if next_step != "foreground":
-                detached_ok = next_step == "detached"
-                return result
-            while container_state(container)[0] == "running":
-                follower.pump()
-                time.sleep(0.5)
-            pump.join(timeout=5)
-            follower.pump()
-            raise failure_from_log(
-                log_path,
-                "docker",
-                f"the container exited with code {container_state(container)[1]}",
-                secrets,
-            )
-        except KeyboardInterrupt:
-            raise Interrupted("interrupted: the container was stopped and removed") from None
-        finally:
-            if not detached_ok:
-                with signals_deferred():
-                    reporter.close()
-                    if container is not None:
-                        remove_container(container)
-                    current = state.load(plan.deployment)
-                    if (
-                        current is not None
-                        and container is not None
-                        and current.container_id == container.id
-                    ):
-                        state.remove(plan.deployment)
+def _start_error(exc: Any, host: str, port: int) -> Exception:
+    text = exc.explanation or str(exc)
+    if "could not select device driver" in text or "CDI device injection" in text:
+        return EnvironmentProblem(
+            f"Docker cannot give the container a GPU: {_short(text)}", TOOLKIT_FIX
+        )
+    if "port is already allocated" in text or "address already in use" in text:
+        return EnvironmentProblem(
+            f"port {port} on {host} is already in use: {_short(text)}",
+            f"Stop what runs there (`msmall ps`), or pick another port with --port {port + 1}.",
+        )
+    return EngineUnavailable(f"the container did not start: {_short(text)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,32 @@
+"""vLLM: `vllm serve MODEL` on the host, or the vllm/vllm-openai image in a container. Its flag
+and version rules, memory fit, log rules and version probe are all in this folder."""
+
+from __future__ import annotations
+
+from msmall.backends.engine import Engine, VersionProbe
+from msmall.backends.vllm import logs, versions
+from msmall.backends.vllm.container import plan_docker
+from msmall.backends.vllm.fit import fit_vllm
+from msmall.backends.vllm.plan import plan_vllm
+
+# `vllm --version` imports torch (the package metadata lookup comes first and is instant).
+VLLM_VERSION_TIMEOUT_S = 30.0
+
+
+def probe_version() -> VersionProbe:
+    return VersionProbe(versions.installed_vllm_version(timeout_s=VLLM_VERSION_TIMEOUT_S))
+
+
+ENGINE = Engine(
+    name="vllm",
+    label="vLLM",
+    flavor="vllm",
+    default_port=8000,
+    plan=plan_vllm,
+    container_plan=plan_docker,
+    fit=fit_vllm,
+    log_rules=logs.LOG_RULES,
+    probe_version=probe_version,
+    tensor_parallel=True,
+    resolves_auto_context=True,
+)
