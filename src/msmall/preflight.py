@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from msmall import backends, hardware
 from msmall.errors import ConfigError, EnvironmentProblem
 from msmall.fit import PRECISION_BITS, FitReport, simulator_report, verdict_rank
+from msmall.profiles import Profile
 from msmall.progress import NullReporter, Reporter
 
 if TYPE_CHECKING:
     from msmall.hardware import Inventory
     from msmall.plan import LaunchPlan
-    from msmall.profiles import Profile
 
 # Lowest Linux driver branch for each CUDA driver version (NVIDIA's CUDA toolkit release notes,
 # table 3), for a fix that names the driver to install.
@@ -50,7 +50,7 @@ def gpus_needed(prof: Profile) -> int:
 
 def known_profiles() -> list[Profile]:
     """Every profile that loads (shipped and the user's); broken ones are doctor's to report."""
-    from msmall.profiles import Profile, load_all
+    from msmall.profiles import load_all
 
     return [p for p in load_all() if isinstance(p, Profile)]
 

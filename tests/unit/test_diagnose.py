@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from msmall.diagnose import (
-    Diagnosis,
-    clean_lines,
-    diagnose,
-    engine_activity,
-    parse_kv_cache,
-    parse_ollama_offload,
-)
+from msmall.backends import diagnose_log as diagnose
+from msmall.backends import log_activity as engine_activity
+from msmall.backends.ollama.logs import parse_ollama_offload
+from msmall.backends.vllm.logs import parse_kv_cache
+from msmall.diagnose import Diagnosis, clean_lines
 
 LOGS = Path(__file__).parents[1] / "data" / "logs"
 BACKEND_OF_DIR = {"vllm": "vllm", "ollama": "ollama", "docker": "docker"}

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import msmall_cmd
-from msmall import doctor, fit
-from msmall.backends import PlanOptions, build_plan
+from msmall import doctor, launcher, preflight, weights
+from msmall.backends import build_plan
+from msmall.backends.base import PlanOptions
 from msmall.errors import ConfigError, EnvironmentProblem
 from msmall.hardware import Disk, Inventory, read_inventory
 from msmall.profiles import load_profile, parse_set
@@ -163,7 +164,7 @@ def test_doctor_on_every_scenario(scenario: str, gpus) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_recommend_for_this_machine(scenario: str, gpus) -> None:
     gpus(scenario)
-    name, why = doctor.recommend_for_this_machine()
+    name, why = preflight.recommend_for(read_inventory(), preflight.known_profiles())
     assert name == RECOMMENDED[scenario]
     if name is None:
         assert why.startswith("no NVIDIA GPU found: ")
@@ -174,7 +175,7 @@ def test_recommend_for_this_machine(scenario: str, gpus) -> None:
 
 def test_recommend_without_gpu_source(monkeypatch: pytest.MonkeyPatch) -> None:
     # conftest's default: MSMALL_GPU_SOURCE=none.
-    name, why = doctor.recommend_for_this_machine()
+    name, why = preflight.recommend_for(read_inventory(), preflight.known_profiles())
     assert name is None
     assert why == "no NVIDIA GPU found: GPU detection is turned off (MSMALL_GPU_SOURCE=none)"
 
@@ -294,7 +295,7 @@ def test_hf_token_from_the_token_file(tmp_path: Path) -> None:
     # conftest sets HF_HOME=tmp/hf; `hf auth login` stores the token there.
     (tmp_path / "hf").mkdir(exist_ok=True)
     (tmp_path / "hf" / "token").write_text(SECRET + "\n")
-    source = doctor.hf_token_source()
+    source = weights.hf_token_source()
     assert source is not None and "token" in source and SECRET not in source
 
 
@@ -428,6 +429,12 @@ def _plan(prof, backend: str | None = None):
     return build_plan(prof, PlanOptions(backend=backend, vllm_version="0.33.0"))
 
 
+def run_preflight(prof, plan, *, force=False, reporter=None, inventory=None):
+    """The preflight on this machine's inventory; the (possibly resolved) profile it returns."""
+    inv = inventory if inventory is not None else read_inventory()
+    return preflight.preflight(prof, plan, inv, force=force, reporter=reporter).profile
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_preflight_on_every_scenario(scenario: str, gpus) -> None:
     """What `msmall serve --profile P` decides for each shipped GPU profile on each machine."""
@@ -438,7 +445,7 @@ def test_preflight_on_every_scenario(scenario: str, gpus) -> None:
         prof = load_profile(name)
         reporter = Recorder()
         try:
-            doctor.preflight(prof, _plan(prof), force=False, reporter=reporter, inventory=inv)
+            run_preflight(prof, _plan(prof), force=False, reporter=reporter, inventory=inv)
         except EnvironmentProblem as exc:
             assert exc.exit_code == 3 and exc.fix
             decisions[name] = "refused"
@@ -468,7 +475,7 @@ def test_preflight_refuses_bf16_on_two_4090s_pointing_to_fp8(gpus) -> None:
     gpus("2x4090")
     prof = load_profile("2x4090-bf16-vision")
     with pytest.raises(EnvironmentProblem) as caught:
-        doctor.preflight(prof, _plan(prof), force=False, reporter=Recorder())
+        run_preflight(prof, _plan(prof), force=False, reporter=Recorder())
     assert "does not fit 2x NVIDIA GeForce RTX 4090" in caught.value.message
     assert "44.7 GiB" in caught.value.message and "21.6 GiB per GPU" in caught.value.message
     assert "2x4090-fp8-vision" in caught.value.fix
@@ -479,7 +486,7 @@ def test_preflight_force_warns_and_continues(gpus) -> None:
     gpus("2x4090")
     prof = load_profile("2x4090-bf16-vision")
     reporter = Recorder()
-    assert doctor.preflight(prof, _plan(prof), force=True, reporter=reporter) is prof
+    assert run_preflight(prof, _plan(prof), force=True, reporter=reporter) is prof
     assert any("does not fit" in w and "--force" in w for w in reporter.warns)
 
 
@@ -487,7 +494,7 @@ def test_preflight_force_warns_about_an_old_driver(gpus) -> None:
     gpus("old-470")
     prof = load_profile("4090-q4")
     reporter = Recorder()
-    assert doctor.preflight(prof, _plan(prof), force=True, reporter=reporter) is prof
+    assert run_preflight(prof, _plan(prof), force=True, reporter=reporter) is prof
     assert any("CUDA 11.4" in w for w in reporter.warns)
 
 
@@ -495,25 +502,25 @@ def test_preflight_gpu_count(gpus, monkeypatch: pytest.MonkeyPatch) -> None:
     gpus("1x4090")
     prof = load_profile("2x4090-fp8-vision")
     with pytest.raises(EnvironmentProblem) as caught:
-        doctor.preflight(prof, _plan(prof), force=False, reporter=Recorder())
+        run_preflight(prof, _plan(prof), force=False, reporter=Recorder())
     assert "needs 2 GPUs" in caught.value.message and "has 1" in caught.value.message
     assert "--profile 4090-q4" in caught.value.fix
     # CUDA_VISIBLE_DEVICES hides one of two GPUs from a process backend.
     gpus("2x4090")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     with pytest.raises(EnvironmentProblem, match="has 1"):
-        doctor.preflight(prof, _plan(prof), force=False, reporter=Recorder())
+        run_preflight(prof, _plan(prof), force=False, reporter=Recorder())
 
 
 def test_preflight_cuda_too_old(gpus) -> None:
     gpus("old-470")
     prof = load_profile("4090-q4")
     with pytest.raises(EnvironmentProblem) as caught:
-        doctor.preflight(prof, _plan(prof), force=False, reporter=Recorder())
+        run_preflight(prof, _plan(prof), force=False, reporter=Recorder())
     assert "CUDA 11.4" in caught.value.message and "CUDA 12.0" in caught.value.message
     assert "R525" in caught.value.fix
     reporter = Recorder()
-    doctor.preflight(prof, _plan(prof), force=True, reporter=reporter)
+    run_preflight(prof, _plan(prof), force=True, reporter=reporter)
     assert any("CUDA 11.4" in w for w in reporter.warns)
 
 
@@ -521,7 +528,7 @@ def test_preflight_busy_gpu_refuses_with_the_free_figure(gpus) -> None:
     gpus("4090-8gb-used")
     prof = load_profile("4090-q4")
     with pytest.raises(EnvironmentProblem) as caught:
-        doctor.preflight(prof, _plan(prof, "vllm"), force=False, reporter=Recorder())
+        run_preflight(prof, _plan(prof, "vllm"), force=False, reporter=Recorder())
     assert "15.6 GiB free" in caught.value.message
     assert "Stop the other processes" in caught.value.fix
 
@@ -530,8 +537,8 @@ def test_preflight_resolves_auto_context(gpus) -> None:
     gpus("h100")
     prof = load_profile("h100-bf16-vision", {"serving": {"max_model_len": "auto"}})
     reporter = Recorder()
-    resolved = doctor.preflight(prof, _plan(prof), force=False, reporter=reporter)
-    expected = fit.largest_context(prof, [81559], "vllm", [81081])
+    resolved = run_preflight(prof, _plan(prof), force=False, reporter=reporter)
+    expected = preflight.largest_context(prof, [81559], "vllm", [81081])
     assert expected > 65536
     assert resolved.serving.max_model_len == expected
     assert prof.serving.max_model_len == "auto"  # the caller's profile is left alone
@@ -543,7 +550,7 @@ def test_preflight_tight_is_a_warning(gpus) -> None:
     gpus("3090")
     prof = load_profile("4090-q4")
     reporter = Recorder()
-    assert doctor.preflight(prof, _plan(prof), force=False, reporter=reporter) is prof
+    assert run_preflight(prof, _plan(prof), force=False, reporter=reporter) is prof
     assert any("vision encoder" in w for w in reporter.warns)
 
 
@@ -551,7 +558,7 @@ def test_preflight_without_gpu_says_so(gpus) -> None:
     gpus("none")
     prof = load_profile("h100-bf16-vision")
     reporter = Recorder()
-    assert doctor.preflight(prof, _plan(prof), force=False, reporter=reporter) is prof
+    assert run_preflight(prof, _plan(prof), force=False, reporter=reporter) is prof
     assert reporter.infos and reporter.infos[0].startswith("no GPU readable")
 
 
@@ -561,29 +568,27 @@ def test_preflight_skips_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("msmall.hardware.read_inventory", no_reading)
     demo = load_profile("demo")
-    assert doctor.preflight(demo, _plan(demo), force=False, reporter=Recorder()) is demo
+    assert run_preflight(demo, _plan(demo), force=False, reporter=Recorder()) is demo
     h100 = load_profile("h100-bf16-vision")
     plan = _plan(h100, "simulator")
-    assert doctor.preflight(h100, plan, force=False, reporter=Recorder()) is h100
+    assert run_preflight(h100, plan, force=False, reporter=Recorder()) is h100
 
 
 def test_preflight_docker_image_needs_cu129_on_old_driver(gpus) -> None:
     gpus("2x4090")
     prof = load_profile("2x4090-fp8-vision")
     reporter = Recorder()
-    doctor.preflight(prof, _plan(prof, "docker"), force=True, reporter=reporter)
+    run_preflight(prof, _plan(prof, "docker"), force=True, reporter=reporter)
     assert any("-cu129" in w for w in reporter.warns)
 
 
-def test_launcher_uses_this_preflight(gpus) -> None:
-    from msmall import launcher
-
+def test_final_plan_uses_this_preflight(gpus) -> None:
     gpus("2x4090")
-    prof = load_profile("2x4090-bf16-vision")
     with pytest.raises(EnvironmentProblem, match="does not fit"):
-        launcher.preflight(prof, _plan(prof), False, launcher.NullReporter())
-    name, notes = launcher.choose_profile(None, read_hardware=True)
-    assert name == "2x4090-fp8-vision" and "2x4090-fp8-vision" in notes[0]
+        launcher.final_plan("2x4090-bf16-vision")
+    plan = launcher.final_plan(None)
+    assert plan.profile == "2x4090-fp8-vision" and "2x4090-fp8-vision" in plan.notes[0]
+    assert plan.preflight is not None and plan.preflight["verdict"] == "fits"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -650,14 +655,27 @@ def test_serve_refuses_bf16_on_two_4090s_before_starting(gpus, bin_dir: Path, tm
     assert not started.exists()
 
 
-def test_serve_dry_run_reads_no_gpu(gpus, bin_dir: Path, tmp_path: Path) -> None:
+def test_serve_dry_run_runs_the_serve_preflight(
+    gpus, bin_dir: Path, fakes_on_path: Path, tmp_path: Path
+) -> None:
+    """--dry-run refuses what serve refuses, with the same exit code, and reads the GPUs once."""
     gpus("2x4090")
-    asked = tmp_path / "nvidia-smi-asked"
-    _script(bin_dir, "nvidia-smi", f'touch "{asked}"\nexit 9')
+    calls = tmp_path / "nvidia-smi-calls"
+    # Count the reads: a wrapper ahead of the fake, one line per `nvidia-smi --query-gpu` call.
+    _script(
+        bin_dir,
+        "nvidia-smi",
+        f'case "$1" in --query-gpu*) echo x >> "{calls}";; esac\n'
+        f'exec "{fakes_on_path}/nvidia-smi" "$@"',
+    )
     done = _run("serve", "--profile", "2x4090-bf16-vision", "--dry-run")
-    assert done.returncode == 0, done.stderr
-    assert "vllm" in done.stdout
-    assert not asked.exists()
+    assert done.returncode == 3, done.stderr
+    assert "does not fit" in done.stderr and "2x4090-fp8-vision" in done.stderr
+    assert done.stdout == ""
+    assert calls.read_text().count("x") == 1
+    forced = _run("serve", "--profile", "2x4090-bf16-vision", "--dry-run", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "vllm" in forced.stdout and "--force" in forced.stderr
 
 
 def test_help_stays_light() -> None:
@@ -681,7 +699,7 @@ def test_gpu_ids_pick_the_gpus_the_fit_is_judged_on(gpus) -> None:
     busy.memory_used_mib, busy.memory_free_mib = 20000, busy.memory_total_mib - 20000
     on_busy = load_profile("4090-q4", parse_set(["gpu_ids=[0]", "backend=vllm"]))
     with pytest.raises(EnvironmentProblem) as refused:
-        doctor.preflight(on_busy, _plan(on_busy), inventory=inv)
+        run_preflight(on_busy, _plan(on_busy), inventory=inv)
     assert "does not fit" in refused.value.message
     on_free = load_profile("4090-q4", parse_set(["gpu_ids=[1]", "backend=vllm"]))
-    assert doctor.preflight(on_free, _plan(on_free), inventory=inv) is on_free
+    assert run_preflight(on_free, _plan(on_free), inventory=inv) is on_free

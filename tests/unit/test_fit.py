@@ -10,9 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from msmall import fit
-from msmall import model as m
+from msmall import fit, preflight
+from msmall.backends.ollama import fit as ollama_fit
+from msmall.backends.vllm import fit as vllm_fit
 from msmall.errors import ConfigError
+from msmall.models import MISTRAL_SMALL_3_1 as m
 from msmall.profiles import Profile, load_profile, profile_names
 
 REPO_ROOT = Path(__file__).parents[2]
@@ -51,35 +53,35 @@ def variant(name: str, **serving: object) -> Profile:
 
 
 def test_bf16_weights_match_the_facts_and_the_measurement() -> None:
-    assert fit.vllm_weights_gib("bf16") == pytest.approx(44.72, abs=0.01)  # FACTS
+    assert vllm_fit.vllm_weights_gib("bf16") == pytest.approx(44.72, abs=0.01)  # FACTS
     # vLLM #16128: "on 4A10, it took 44.5G to the model weights".
-    assert within(fit.vllm_weights_gib("bf16"), 44.5)
+    assert within(vllm_fit.vllm_weights_gib("bf16"), 44.5)
 
 
 def test_quantized_weights_match_the_facts() -> None:
-    assert within(fit.vllm_weights_gib("fp8"), 25.0)  # FACTS: FP8-dynamic ~25 GiB
-    assert within(fit.vllm_weights_gib("w4a16"), 14.0)  # FACTS: w4a16 ~14 GiB
-    assert fit.vllm_weights_gib("bf16", vision=False) < fit.vllm_weights_gib("bf16") - 0.7
+    assert within(vllm_fit.vllm_weights_gib("fp8"), 25.0)  # FACTS: FP8-dynamic ~25 GiB
+    assert within(vllm_fit.vllm_weights_gib("w4a16"), 14.0)  # FACTS: w4a16 ~14 GiB
+    assert vllm_fit.vllm_weights_gib("bf16", vision=False) < vllm_fit.vllm_weights_gib("bf16") - 0.7
 
 
 def test_ollama_weights_match_the_server_logs() -> None:
     q4_log = LOGS / "ollama" / "server-log-mistral-small3.1-offload-41-of-41.log"
-    assert fit.OLLAMA_TEXT_WEIGHTS_GIB["q4_K_M"] == log_number(
+    assert m.ollama_text_weights_gib["q4_K_M"] == log_number(
         q4_log, r'memory\.weights\.total="([\d.]+) GiB"'
     )
     projector_mib = log_number(q4_log, r'projector\.weights="([\d.]+) MiB"')
-    assert pytest.approx(projector_mib / 1024) == fit.OLLAMA_PROJECTOR_GIB
-    assert log_number(q4_log, r'projector\.graph="([\d.]+) GiB"') == fit.OLLAMA_VISION_GRAPH_GIB
+    assert pytest.approx(projector_mib / 1024) == m.ollama_projector_gib
+    assert log_number(q4_log, r'projector\.graph="([\d.]+) GiB"') == m.ollama_vision_graph_gib
     # q8_0: the weight buffers on CUDA0, CUDA1 and CPU hold text and vision together.
     q8 = (LOGS / "ollama" / "server-log-mistral-small3.1-q8-2gpu-debug.log").read_text()
     buffers = re.findall(r'msg="model weights" buffer=\w+ size="([\d.]+) (GiB|MiB)"', q8)
     total = sum(float(v) / (1024 if unit == "MiB" else 1) for v, unit in buffers)
-    assert within(fit.OLLAMA_TEXT_WEIGHTS_GIB["q8_0"] + fit.OLLAMA_PROJECTOR_GIB, total)
+    assert within(m.ollama_text_weights_gib["q8_0"] + m.ollama_projector_gib, total)
 
 
 def test_ollama_kv_cache_is_20_gib_at_128k_and_640_mib_at_4k() -> None:
     long = variant("4090-q4", max_model_len=131072)
-    report = fit.check_fit(long, [H100])
+    report = preflight.check_fit(long, [H100])
     assert report.kv_cache_dtype == "f16"
     assert within(report.kv_cache_gib, 20.0)  # FACTS: Ollama reports 20.0 GiB at 128k
     q4_log = LOGS / "ollama" / "server-log-mistral-small3.1-offload-41-of-41.log"
@@ -96,31 +98,31 @@ def test_awq_on_a24gb_a10_gives_the_logged_kv_tokens() -> None:
     # The command behind that log (vllm #16128, posted a minute before it): TP 1,
     # --max-model-len 4096 --gpu-memory-utilization 0.95 --max-num-seqs 2. vLLM 0.8.3 captured
     # CUDA graphs after sizing the cache, so they were not in its budget.
-    kv_gib = fit.vllm_kv_cache_gib(
+    kv_gib = vllm_fit.vllm_kv_cache_gib(
         (A10 - fit.DRIVER_RESERVED_MIB) / 1024,
         0.95,
-        fit.vllm_weights_gib("awq"),
+        vllm_fit.vllm_weights_gib("awq"),
         tensor_parallel_size=1,
         cuda_graphs=False,
     )
-    tokens = fit.kv_tokens_for(kv_gib, fit.kv_bytes_per_token("auto"), fit.VLLM_BLOCK_TOKENS)
+    tokens = fit.kv_tokens_for(kv_gib, fit.kv_bytes_per_token("auto"), vllm_fit.VLLM_BLOCK_TOKENS)
     assert within(tokens, logged_tokens)
     assert within(tokens / 4096, logged_concurrency)
 
 
 def test_bf16_on_two_4090s_does_not_fit() -> None:
-    report = fit.check_fit(shipped()["2x4090-bf16-vision"], [RTX_4090, RTX_4090])
+    report = preflight.check_fit(shipped()["2x4090-bf16-vision"], [RTX_4090, RTX_4090])
     assert report.verdict == "does_not_fit"
     two_gpu_budget = 2 * report.per_gpu_budget_gib
     assert within(two_gpu_budget, 44.1)  # FACTS: two 4090s at 0.92 give about 44.1 GiB
-    assert two_gpu_budget < fit.vllm_weights_gib("bf16")
+    assert two_gpu_budget < vllm_fit.vllm_weights_gib("bf16")
     assert report.max_context == 0
     assert "weights" in report.reason and "44.7" in report.reason
     assert "fp8" in (report.suggestion or "")
 
 
 def test_fp8_on_two_4090s_fits_32k_with_vision() -> None:
-    report = fit.check_fit(shipped()["2x4090-fp8-vision"], [RTX_4090, RTX_4090])
+    report = preflight.check_fit(shipped()["2x4090-fp8-vision"], [RTX_4090, RTX_4090])
     assert report.verdict == "fits"
     assert report.requested_context == 32768
     assert report.max_context >= 32768
@@ -129,18 +131,18 @@ def test_fp8_on_two_4090s_fits_32k_with_vision() -> None:
 
 
 def test_bf16_vision_fits_one_h100_with_20_to_25_gib_of_kv() -> None:
-    report = fit.check_fit(shipped()["h100-bf16-vision"], [H100])
+    report = preflight.check_fit(shipped()["h100-bf16-vision"], [H100])
     assert report.verdict == "fits"
     assert 20 * 0.9 <= report.kv_cache_gib <= 25 * 1.1  # FACTS: roughly 20-25 GiB for KV
-    assert report.max_context == m.MAX_CONTEXT
+    assert report.max_context == m.max_context
     # The profile's description: full 128k is "about one such request at a time".
-    full = fit.check_fit(variant("h100-bf16-vision", max_model_len=131072), [H100])
+    full = preflight.check_fit(variant("h100-bf16-vision", max_model_len=131072), [H100])
     assert full.verdict == "tight" and 1 <= full.full_length_concurrency < 1.5
 
 
 @pytest.mark.parametrize("backend", ["ollama", "vllm", "docker"])
 def test_4090_q4_fits_one_4090(backend: str) -> None:
-    report = fit.check_fit(shipped()["4090-q4"], [RTX_4090], backend)
+    report = preflight.check_fit(shipped()["4090-q4"], [RTX_4090], backend)
     assert report.verdict in ("fits", "tight")
     assert report.max_context >= 32768
     assert report.full_length_concurrency >= 1
@@ -148,7 +150,7 @@ def test_4090_q4_fits_one_4090(backend: str) -> None:
         # Text fully on GPU; only the vision encoder (with its 8.8 GiB image graph) moves to CPU.
         assert report.weights == "q4_K_M"
         assert report.cpu_offload_gib == pytest.approx(
-            fit.OLLAMA_PROJECTOR_GIB + fit.OLLAMA_VISION_GRAPH_GIB, abs=0.01
+            m.ollama_projector_gib + m.ollama_vision_graph_gib, abs=0.01
         )
         assert "CPU" in report.reason
     else:
@@ -158,7 +160,7 @@ def test_4090_q4_fits_one_4090(backend: str) -> None:
 def test_fp8_weights_do_not_fit_one_24gb_card() -> None:
     # FACTS: FP8-dynamic (~25 GiB) does not fit 24 GB.
     one_gpu = variant("2x4090-fp8-vision", tensor_parallel_size=1)
-    assert fit.check_fit(one_gpu, [RTX_4090]).verdict == "does_not_fit"
+    assert preflight.check_fit(one_gpu, [RTX_4090]).verdict == "does_not_fit"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,31 +191,31 @@ def test_kv_bytes_per_token() -> None:
     ],
 )
 def test_ollama_quant_from_tag(tag: str, quant: str) -> None:
-    assert fit.ollama_quant(tag) == quant
+    assert ollama_fit.ollama_quant(tag) == quant
 
 
 def test_unknown_ollama_tag_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="quantization"):
-        fit.ollama_quant("mistral-small3.1:24b-instruct-2503-q5_K_S")
+        ollama_fit.ollama_quant("mistral-small3.1:24b-instruct-2503-q5_K_S")
 
 
 def test_ollama_kv_type_mapping() -> None:
-    assert fit.ollama_kv_type("auto") == "f16"
-    assert fit.ollama_kv_type("fp8_e4m3") == "q8_0"
-    assert fit.ollama_kv_type("auto", {"OLLAMA_KV_CACHE_TYPE": "q4_0"}) == "q4_0"
+    assert ollama_fit.ollama_kv_type("auto") == "f16"
+    assert ollama_fit.ollama_kv_type("fp8_e4m3") == "q8_0"
+    assert ollama_fit.ollama_kv_type("auto", {"OLLAMA_KV_CACHE_TYPE": "q4_0"}) == "q4_0"
     # Quantized caches need flash attention; Ollama falls back to f16 without it.
-    assert fit.ollama_kv_type("fp8", {"OLLAMA_FLASH_ATTENTION": "0"}) == "f16"
+    assert ollama_fit.ollama_kv_type("fp8", {"OLLAMA_FLASH_ATTENTION": "0"}) == "f16"
 
 
 def test_batched_token_tiers() -> None:
-    assert fit.vllm_batched_tokens(23.5) == 2048
-    assert fit.vllm_batched_tokens(44.5) == 4096
-    assert fit.vllm_batched_tokens(79.2) == 8192
-    assert fit.vllm_batched_tokens(178.0) == 16384
+    assert vllm_fit.vllm_batched_tokens(23.5) == 2048
+    assert vllm_fit.vllm_batched_tokens(44.5) == 4096
+    assert vllm_fit.vllm_batched_tokens(79.2) == 8192
+    assert vllm_fit.vllm_batched_tokens(178.0) == 16384
 
 
 def test_fewer_gpus_than_tensor_parallel() -> None:
-    report = fit.check_fit(shipped()["2x4090-fp8-vision"], [RTX_4090])
+    report = preflight.check_fit(shipped()["2x4090-fp8-vision"], [RTX_4090])
     assert report.verdict == "does_not_fit"
     assert report.reason == "Tensor parallel 2 needs 2 GPUs; 1 given."
     assert report.max_context == 0
@@ -221,47 +223,47 @@ def test_fewer_gpus_than_tensor_parallel() -> None:
 
 def test_free_memory_below_the_budget_stops_vllm() -> None:
     prof = shipped()["h100-bf16-vision"]
-    report = fit.check_fit(prof, [H100], free_mib=[60_000])
+    report = preflight.check_fit(prof, [H100], free_mib=[60_000])
     assert report.verdict == "does_not_fit"
     assert "refuses to start" in report.reason and "58.6 GiB free" in report.reason
     assert report.max_context == 0
     # 0.73 of the GPU would pass the check, but BF16 weights leave nothing for the cache there.
     assert "does not fit either" in (report.suggestion or "")
-    assert fit.check_fit(prof, [H100], free_mib=[81_000]).verdict == "fits"
+    assert preflight.check_fit(prof, [H100], free_mib=[81_000]).verdict == "fits"
 
 
 def test_free_memory_suggests_a_lower_utilization_when_that_fits() -> None:
-    report = fit.check_fit(shipped()["4090-q4"], [H100], "vllm", free_mib=[60_000])
+    report = preflight.check_fit(shipped()["4090-q4"], [H100], "vllm", free_mib=[60_000])
     assert report.verdict == "does_not_fit"
     assert "--set gpu_memory_utilization=0.73" in (report.suggestion or "")
 
 
 def test_auto_takes_the_largest_context_that_fits() -> None:
-    on_h100 = fit.check_fit(variant("h100-bf16-vision", max_model_len="auto"), [H100])
-    assert on_h100.requested_context == on_h100.max_context == m.MAX_CONTEXT
+    on_h100 = preflight.check_fit(variant("h100-bf16-vision", max_model_len="auto"), [H100])
+    assert on_h100.requested_context == on_h100.max_context == m.max_context
     q4 = variant("4090-q4", max_model_len="auto")
-    on_4090 = fit.check_fit(q4, [RTX_4090], "vllm")
+    on_4090 = preflight.check_fit(q4, [RTX_4090], "vllm")
     assert on_4090.requested_context == on_4090.max_context
     assert 30_000 < on_4090.max_context < 40_000
-    assert fit.largest_context(q4, [RTX_4090], "vllm") == on_4090.max_context
+    assert preflight.largest_context(q4, [RTX_4090], "vllm") == on_4090.max_context
 
 
 def test_too_long_a_context_suggests_one_that_fits() -> None:
     prof = variant("4090-q4", max_model_len=65536)
-    report = fit.check_fit(prof, [RTX_4090], "vllm")
+    report = preflight.check_fit(prof, [RTX_4090], "vllm")
     assert report.verdict == "does_not_fit"
     assert "65,536-token request" in report.reason
     match = re.search(r"--set max_model_len=(\d+)", report.suggestion or "")
     assert match
     shorter = variant("4090-q4", max_model_len=int(match.group(1)))
-    assert fit.check_fit(shorter, [RTX_4090], "vllm").verdict != "does_not_fit"
+    assert preflight.check_fit(shorter, [RTX_4090], "vllm").verdict != "does_not_fit"
     assert "kv_cache_dtype=fp8" in (report.suggestion or "")
 
 
 def test_ollama_spills_to_cpu_when_the_text_model_does_not_fit() -> None:
     prof = shipped()["4090-q4"].model_copy(deep=True)
     prof.model.ollama_tag = "mistral-small3.1:24b-instruct-2503-fp16"
-    report = fit.check_fit(prof, [RTX_4090])
+    report = preflight.check_fit(prof, [RTX_4090])
     assert report.verdict == "does_not_fit"
     assert re.match(r"Does not fit on GPU: [\d.]+ GiB would run on CPU\.", report.reason)
     assert report.cpu_offload_gib > 20
@@ -269,40 +271,40 @@ def test_ollama_spills_to_cpu_when_the_text_model_does_not_fit() -> None:
 
 
 def test_ollama_on_a_large_gpu_keeps_vision_on_gpu() -> None:
-    report = fit.check_fit(shipped()["4090-q4"], [H100])
+    report = preflight.check_fit(shipped()["4090-q4"], [H100])
     assert report.verdict == "fits"
     assert report.cpu_offload_gib == 0
 
 
 def test_ollama_auto_uses_ollamas_own_default_context() -> None:
     auto = variant("4090-q4", max_model_len="auto")
-    assert fit.check_fit(auto, [20_000]).requested_context == 4096  # under 23 GiB
-    assert fit.check_fit(auto, [RTX_4090]).requested_context == 32768  # 23.5 GiB
-    assert fit.check_fit(auto, [H100]).requested_context == m.MAX_CONTEXT  # 256k, clamped
+    assert preflight.check_fit(auto, [20_000]).requested_context == 4096  # under 23 GiB
+    assert preflight.check_fit(auto, [RTX_4090]).requested_context == 32768  # 23.5 GiB
+    assert preflight.check_fit(auto, [H100]).requested_context == m.max_context  # 256k, clamped
 
 
 def test_too_many_images_for_the_context_is_tight() -> None:
     prof = variant("h100-bf16-vision", max_model_len=8192, images_per_prompt=4)
-    report = fit.check_fit(prof, [H100])
+    report = preflight.check_fit(prof, [H100])
     assert report.verdict == "tight"
     assert "12,320" in report.reason
     assert report.suggestion and "images_per_prompt=2" in report.suggestion
 
 
 def test_simulator_needs_no_gpu() -> None:
-    report = fit.check_fit(shipped()["demo"], [])
+    report = preflight.check_fit(shipped()["demo"], [])
     assert report.verdict == "fits" and report.gpus_used == 0
 
 
 def test_unknown_backend_and_mismatched_free_list() -> None:
     with pytest.raises(ConfigError):
-        fit.check_fit(shipped()["4090-q4"], [RTX_4090], "tgi")
+        preflight.check_fit(shipped()["4090-q4"], [RTX_4090], "tgi")
     with pytest.raises(ConfigError):
-        fit.check_fit(shipped()["4090-q4"], [RTX_4090], free_mib=[1, 2])
+        preflight.check_fit(shipped()["4090-q4"], [RTX_4090], free_mib=[1, 2])
 
 
 def test_report_to_dict() -> None:
-    data = fit.check_fit(shipped()["h100-bf16-vision"], [H100]).to_dict()
+    data = preflight.check_fit(shipped()["h100-bf16-vision"], [H100]).to_dict()
     for key in (
         "verdict",
         "per_gpu_budget_gib",
@@ -323,7 +325,7 @@ def test_report_to_dict() -> None:
 
 
 def test_alternatives_name_a_profile_that_fits() -> None:
-    report = fit.check_fit(
+    report = preflight.check_fit(
         shipped()["2x4090-bf16-vision"],
         [RTX_4090, RTX_4090],
         alternatives=shipped().values(),
@@ -344,14 +346,14 @@ def test_alternatives_name_a_profile_that_fits() -> None:
     ],
 )
 def test_recommend(gpus: list[int], best: str | None) -> None:
-    assert fit.recommend(shipped().values(), gpus) == best
+    assert preflight.recommend(shipped().values(), gpus) == best
 
 
 def test_docs_table_is_generated_from_this_module() -> None:
     doc = (REPO_ROOT / "docs" / "memory.md").read_text(encoding="utf-8")
     block = re.search(r"<!-- fit-table:start -->\n(.*?)\n<!-- fit-table:end -->", doc, re.S)
     assert block, "docs/memory.md lost its fit-table markers"
-    assert block.group(1) == fit.markdown_table(shipped().values()), (
+    assert block.group(1) == preflight.markdown_table(shipped().values()), (
         "docs/memory.md is out of date: regenerate the table with the command above it"
     )
 
@@ -388,8 +390,8 @@ def test_more_memory_never_makes_a_fit_worse(
     # (4k / 32k / 256k), which can turn "fits" into "tight".
     prof, backend, gpus = setup
     bigger = [g + e for g, e in zip(gpus, extra, strict=False)]
-    before = fit.check_fit(prof, gpus, backend)
-    after = fit.check_fit(prof, bigger, backend)
+    before = preflight.check_fit(prof, gpus, backend)
+    after = preflight.check_fit(prof, bigger, backend)
     assert fit.verdict_rank(after.verdict) >= fit.verdict_rank(before.verdict)
     assert after.kv_cache_gib >= before.kv_cache_gib or backend == "ollama"
 
@@ -404,9 +406,9 @@ def test_max_context_is_monotone_and_capped(
 ) -> None:
     prof, backend, gpus = setup
     bigger = [g + e for g, e in zip(gpus, extra, strict=False)]
-    small = fit.largest_context(prof, gpus, backend)
-    large = fit.largest_context(prof, bigger, backend)
-    assert 0 <= small <= large <= m.MAX_CONTEXT
+    small = preflight.largest_context(prof, gpus, backend)
+    large = preflight.largest_context(prof, bigger, backend)
+    assert 0 <= small <= large <= m.max_context
 
 
 @relaxed
@@ -415,8 +417,8 @@ def test_max_context_is_monotone_and_capped(
     gpus=st.lists(st.integers(20_000, 200_000), min_size=2, max_size=2),
 )
 def test_fp8_kv_holds_twice_the_tokens_of_bf16(name: str, gpus: list[int]) -> None:
-    bf16 = fit.check_fit(variant(name, kv_cache_dtype="auto"), gpus, "vllm")
-    fp8 = fit.check_fit(variant(name, kv_cache_dtype="fp8"), gpus, "vllm")
+    bf16 = preflight.check_fit(variant(name, kv_cache_dtype="auto"), gpus, "vllm")
+    fp8 = preflight.check_fit(variant(name, kv_cache_dtype="fp8"), gpus, "vllm")
     assert fp8.kv_cache_gib == bf16.kv_cache_gib
     # Within one 16-token block of exactly twice.
-    assert abs(fp8.kv_tokens - 2 * bf16.kv_tokens) <= fit.VLLM_BLOCK_TOKENS
+    assert abs(fp8.kv_tokens - 2 * bf16.kv_tokens) <= vllm_fit.VLLM_BLOCK_TOKENS

@@ -19,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import DATA_DIR
-from msmall import engines, paths
-from msmall.backends import PlanOptions, build_plan
+from msmall import paths
+from msmall.backends import build_plan
+from msmall.backends.base import PlanOptions
+from msmall.backends.vllm import versions as engines
 from msmall.errors import ConfigError
 from msmall.plan import LaunchPlan, redact_argv, render_command
 from msmall.profiles import Profile, load_profile, parse_set

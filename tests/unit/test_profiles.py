@@ -246,9 +246,13 @@ def test_non_finite_numbers_are_refused(tmp_path: Path, value: str) -> None:
         load_profile(str(path))
 
 
-def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
-    prof = load_profile(str(write(tmp_path, "empty.yaml", "")))
-    assert prof.name == "empty" and prof == Profile(name="empty", source=prof.source)
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n# and another\n", "---\n"])
+def test_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "empty.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_profile(str(path))
+    assert info.value.exit_code == 2
+    assert info.value.message == f"{path}: profile file is empty"
 
 
 def test_profile_to_dict_redacts_secrets(tmp_path: Path) -> None:
@@ -363,7 +367,7 @@ def test_set_overrides_apply_on_top_of_extends(user_dir: Path) -> None:
         ("max_model_len=256K", "must be between 256 and 131072"),
         ("max_model_len=big", "must be a number of tokens"),
         ("images_per_prompt=-1", "'serving.images_per_prompt' must be 0 or more"),
-        ("backend=tgi", "'backend' input should be 'ollama', 'vllm', 'docker' or 'simulator'"),
+        ("backend=tgi", "'backend' must be one of: ollama, vllm, docker, simulator"),
         ("kv_cache_dtype=int4", "'serving.kv_cache_dtype' input should be"),
         ("vision=maybe", "'serving.vision' input should be a valid boolean"),
         ("serving.nope=1", "unknown key 'serving.nope'"),

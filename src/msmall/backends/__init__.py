@@ -1,4 +1,4 @@
-"""The engine registry: the only list of engine names.
+"""The engine registry: the only list of engine names (and `PlanOptions`, what every plan takes).
 
 Built-in engines are imported lazily (so `msmall --help` loads none of them); tests and plugins
 add theirs with `register()`. A backend, as users name it, is an engine or an alias for an engine
@@ -11,10 +11,10 @@ import importlib
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from msmall.backends.base import PlanOptions
 from msmall.errors import ConfigError
 
 if TYPE_CHECKING:
-    from msmall.backends.base import PlanOptions
     from msmall.backends.engine import Engine, Runtime
     from msmall.plan import LaunchPlan
     from msmall.profiles import Profile
@@ -77,11 +77,24 @@ def default_port(backend: str) -> int:
 def build_plan(profile: Profile, options: PlanOptions | None = None) -> LaunchPlan:
     """The engine's plan for a profile, for the runtime its backend names. No hardware is read
     here: `launcher.final_plan` adds what the hardware decides and the preflight verdict."""
-    from msmall.backends.base import PlanOptions
-
     options = options or PlanOptions()
     options = replace(options, backend=options.backend or profile.backend)
     engine, runtime = resolve(options.backend)
     plan_fn = engine.container_plan if runtime == "container" else engine.plan
     assert plan_fn is not None  # resolve() refuses engines without a container plan
     return plan_fn(profile, options, engine)
+
+
+def diagnose_log(log_text: str, backend: str = "vllm"):
+    """The cause of a failure in a backend's log, by that engine's rules (None if none known)."""
+    from msmall.diagnose import LogRules, diagnose
+
+    engine, runtime = resolve(backend)
+    return diagnose(log_text, engine.log_rules or LogRules(), runtime)
+
+
+def log_activity(line: str, backend: str = "vllm") -> str | None:
+    """What one log line of a backend says the engine is doing, None for noise."""
+    from msmall.diagnose import LogRules, engine_activity
+
+    return engine_activity(line, resolve(backend)[0].log_rules or LogRules())

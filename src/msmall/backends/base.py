@@ -55,7 +55,7 @@ class Endpoint:
 
 def endpoint(profile: Profile, options: PlanOptions, engine: Engine) -> Endpoint:
     host = options.host or profile.serving.host
-    port = options.port or profile.serving.port or engine.default_port
+    port = options.port if options.port is not None else profile.serving.port or engine.default_port
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a TCP port", "Choose a port between 1 and 65535.")
     warnings = check_exposure(host, options.api_key, engine)
