@@ -90,15 +90,9 @@ def choose_profile(
     name, why = recommend_for(inventory, profiles)
     if name:
         return name, [f"using profile {name}: {why}"]
-    if inventory.gpus:
-        raise EnvironmentProblem(
-            f"no --profile given and no shipped profile fits this machine ({why})",
-            "Run `msmall doctor` for details, or `msmall serve --profile demo` for the simulator.",
-        )
-    raise ConfigError(
-        f"no --profile given, and none can be chosen for this machine ({why})",
-        "Pick one from `msmall profiles list`, e.g. --profile 4090-q4 (or --profile demo for the "
-        "simulator).",
+    raise EnvironmentProblem(
+        f"no --profile given and no shipped profile fits this machine ({why})",
+        "Run `msmall doctor` for details, or `msmall serve --profile demo` for the simulator.",
     )
 
 

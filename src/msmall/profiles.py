@@ -198,7 +198,7 @@ class Profile(_Strict):
     def _backend(cls, v: str) -> str:
         names = backend_names()
         if v not in names:
-            raise ValueError(f"must be one of: {', '.join(names)}")
+            raise ValueError(f"must be one of: {', '.join(names)} (got {v!r})")
         return v
 
     @model_validator(mode="after")

@@ -523,7 +523,7 @@ def test_running_or_foreign_container_with_the_name_is_refused(
 
 
 def test_gpu_runtime_detection_reads_docker_info() -> None:
-    from msmall.docker_runtime import gpu_runtime_problem
+    from msmall.runtimes.container import gpu_runtime_problem
 
     assert gpu_runtime_problem({"Runtimes": {"runc": {}, "nvidia": {}}}) is None
     cdi_found = {"ID": "nvidia.com/gpu=all", "Source": "cdi"}

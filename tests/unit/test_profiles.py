@@ -367,7 +367,7 @@ def test_set_overrides_apply_on_top_of_extends(user_dir: Path) -> None:
         ("max_model_len=256K", "must be between 256 and 131072"),
         ("max_model_len=big", "must be a number of tokens"),
         ("images_per_prompt=-1", "'serving.images_per_prompt' must be 0 or more"),
-        ("backend=tgi", "'backend' must be one of: ollama, vllm, docker, simulator"),
+        ("backend=tgi", "'backend' must be one of: ollama, vllm, docker, simulator (got 'tgi')"),
         ("kv_cache_dtype=int4", "'serving.kv_cache_dtype' input should be"),
         ("vision=maybe", "'serving.vision' input should be a valid boolean"),
         ("serving.nope=1", "unknown key 'serving.nope'"),
