@@ -262,7 +262,11 @@ def test_serve_bad_options_exit_2(cli, args: list[str], expected: str) -> None:
 
 
 def test_serve_without_profile_says_how_to_pick_one(cli) -> None:
-    assert_config_error(cli("serve", "--dry-run"), "no --profile given")
+    # The same answer as `serve` without --profile on a machine with no GPU: exit 3, the demo.
+    result = cli("serve", "--dry-run")
+    assert result.code == 3 and "Traceback" not in result.err
+    assert result.err_lines[0].startswith("error: no --profile given and no shipped profile fits")
+    assert "--profile demo" in result.err_lines[1]
 
 
 def test_debug_shows_the_traceback_instead(cli, monkeypatch: pytest.MonkeyPatch) -> None:
