@@ -82,10 +82,16 @@ def check_fit(
         return simulator_report(profile, backend)
     report = engine.fit(profile, gpu_memory_mib, free_mib, backend)
     if report.verdict == "does_not_fit" and report.max_context == 0 and alternatives is not None:
-        others = [p for p in alternatives if p.name != profile.name]
-        better = recommend(others, gpu_memory_mib)
-        if better:
-            report.suggestion = f"Use the profile {better}, which fits these GPUs."
+        # Only when it would not fit these GPUs idle either: memory that other processes hold
+        # right now is theirs to free, and the report's own suggestion says so.
+        idle = report if free_mib is None else engine.fit(profile, gpu_memory_mib, None, backend)
+        if idle.verdict == "does_not_fit":
+            others = [p for p in alternatives if p.name != profile.name]
+            # The same model first: a 3.1 user is pointed to a 3.1 profile where one fits.
+            same = [p for p in others if p.model.id == profile.model.id]
+            better = recommend(same, gpu_memory_mib) or recommend(others, gpu_memory_mib)
+            if better:
+                report.suggestion = f"Use the profile {better}, which fits these GPUs."
     return report
 
 

@@ -49,6 +49,12 @@ FITTING = {
 SECRET = "hf_doctorTestSecret0123456789"
 
 
+# Each Mistral Small 3.2 profile fits where its 3.1 counterpart does (same architecture; the FP8
+# and Q4_K_M builds are the same size).
+for _fitting in FITTING.values():
+    _fitting |= {f"{name}-3.2" for name in _fitting}
+
+
 # ---------------------------------------------------------------------------------------------
 # Fixtures and helpers
 

@@ -24,6 +24,7 @@ from msmall.backends import build_plan
 from msmall.backends.base import PlanOptions
 from msmall.backends.vllm import versions as engines
 from msmall.errors import ConfigError
+from msmall.models import get_model
 from msmall.plan import LaunchPlan, redact_argv, render_command
 from msmall.profiles import Profile, load_profile, parse_set
 
@@ -469,8 +470,10 @@ def valid_overrides(draw: st.DrawFn) -> dict[str, str]:
     }
     keys = draw(st.lists(st.sampled_from(sorted(values)), unique=True))
     chosen = {k: values[k] for k in keys}
-    if "tensor_parallel_size" in chosen:
+    # gpu_count and tensor_parallel_size only make sense together (tp <= gpu_count).
+    if "tensor_parallel_size" in chosen or "hardware.gpu_count" in chosen:
         chosen["hardware.gpu_count"] = values["hardware.gpu_count"]
+        chosen["tensor_parallel_size"] = values["tensor_parallel_size"]
     return chosen
 
 
@@ -532,6 +535,11 @@ def test_valid_set_combinations_reach_the_argv(
         assert prof.serving.vision is (overrides["serving.vision"] == "true")
 
     options = PlanOptions(backend=backend, vllm_version=version, detect_installed=False)
+    too_old = not engines.at_least(version, get_model(prof.model.id).vllm_min_version)
+    if too_old and backend in ("vllm", "docker"):
+        with pytest.raises(ConfigError, match="cannot serve Mistral Small"):
+            build_plan(prof, options)
+        return
     needs_033 = prof.serving.max_model_len == "auto" and not engines.at_least(version, "0.33.0")
     if needs_033 and backend in ("vllm", "docker"):
         with pytest.raises(ConfigError, match="auto needs vLLM"):

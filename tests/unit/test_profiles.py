@@ -39,13 +39,16 @@ def write(folder: Path, name: str, text: str) -> Path:
 # Shipped profiles
 
 
-def test_the_shipped_profiles_are_the_documented_five() -> None:
+def test_the_shipped_profiles_are_the_documented_ones() -> None:
     assert SHIPPED == [
         "2x4090-bf16-vision",
         "2x4090-fp8-vision",
+        "2x4090-fp8-vision-3.2",
         "4090-q4",
+        "4090-q4-3.2",
         "demo",
         "h100-bf16-vision",
+        "h100-bf16-vision-3.2",
     ]
     assert profile_names() == SHIPPED
 
