@@ -112,9 +112,7 @@ def test_refusals_match_the_machine(inventories, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(MsmallError) as refused:
         launcher.final_plan("2x4090-bf16-vision", inventory=inventories["2x4090"])
     assert refused.value.exit_code == 3 and "does not fit" in refused.value.message
-    forced = launcher.final_plan(
-        "2x4090-bf16-vision", force=True, inventory=inventories["2x4090"]
-    )
+    forced = launcher.final_plan("2x4090-bf16-vision", force=True, inventory=inventories["2x4090"])
     assert forced.preflight == {
         "verdict": "does_not_fit",
         "reason": forced.preflight["reason"],
