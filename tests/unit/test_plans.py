@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from conftest import DATA_DIR
 from msmall import paths
-from msmall.backends import build_plan
+from msmall.backends import backend_names, build_plan
 from msmall.backends.base import PlanOptions
 from msmall.backends.vllm import versions as engines
 from msmall.errors import ConfigError
@@ -31,7 +31,7 @@ from msmall.profiles import Profile, load_profile, parse_set
 GOLDEN_DIR = DATA_DIR / "golden"
 UPDATE_GOLDEN = os.environ.get("MSMALL_UPDATE_GOLDEN") == "1"
 SHIPPED = sorted(p.stem for p in paths.builtin_profiles_dir().glob("*.yaml"))
-BACKENDS = ("ollama", "vllm", "docker", "simulator")
+BACKENDS = backend_names()
 # Fixed stand-ins so the goldens do not depend on the machine.
 GOLDEN_HF_HOME = "/golden/hf-home"
 HF_SECRET = "hf_GoldenSecretValue123"
