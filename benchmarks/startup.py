@@ -6,6 +6,11 @@ cache); the table gives the median and 95th percentile wall time and the median 
 
     python benchmarks/startup.py            # 30 runs each
     python benchmarks/startup.py -n 100 --json
+    python benchmarks/startup.py --against /tmp/old/src   # before/after, runs interleaved
+
+With ``--against DIR`` every msmall command is also run as ``python -m msmall`` with
+PYTHONPATH=DIR (another checkout's ``src``, e.g. from ``git worktree add /tmp/old COMMIT``), one
+run of each in turn, so a busy machine slows both sides alike.
 """
 
 from __future__ import annotations
@@ -55,16 +60,25 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def time_runs(argv: list[str], runs: int, warmup: int, env: dict[str, str]) -> list[float]:
-    times: list[float] = []
+def _once(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def time_runs(
+    variants: list[tuple[list[str], dict[str, str]]], runs: int, warmup: int
+) -> list[list[float]]:
+    """Wall times of each variant, the variants run one after the other in every round."""
+    times: list[list[float]] = [[] for _ in variants]
     for i in range(warmup + runs):
-        start = time.perf_counter()
-        proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        elapsed = time.perf_counter() - start
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
-        if i >= warmup:
-            times.append(elapsed)
+        for slot, (argv, env) in enumerate(variants):
+            elapsed = _once(argv, env)
+            if i >= warmup:
+                times[slot].append(elapsed)
     return times
 
 
@@ -73,6 +87,9 @@ def main() -> int:
     parser.add_argument("-n", "--runs", type=int, default=30, help="timed runs per command")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--against", metavar="SRC", help="also time another checkout's src dir (before/after)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,15 +102,24 @@ def main() -> int:
         }
         results = []
         for label, argv in cases():
-            times = time_runs(argv, args.runs, args.warmup, env)
-            results.append(
-                {
-                    "command": label,
-                    "median_s": statistics.median(times),
-                    "p95_s": percentile(times, 95),
-                    "min_s": min(times),
-                }
-            )
+            variants = [(argv, env)]
+            labels = [label]
+            if args.against and label.startswith("msmall"):
+                # Both as `python -m msmall`, the same way, differing only in the source tree.
+                module = [sys.executable, "-m", "msmall", *argv[len(msmall_argv()) :]]
+                variants = [(module, env), (module, {**env, "PYTHONPATH": args.against})]
+                labels = [f"{label} (this tree)", f"{label} ({args.against})"]
+            for name, times in zip(
+                labels, time_runs(variants, args.runs, args.warmup), strict=True
+            ):
+                results.append(
+                    {
+                        "command": name,
+                        "median_s": statistics.median(times),
+                        "p95_s": percentile(times, 95),
+                        "min_s": min(times),
+                    }
+                )
     base = results[0]["median_s"]
     for row in results:
         row["over_python_s"] = row["median_s"] - base

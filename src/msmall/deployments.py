@@ -49,11 +49,9 @@ def live_status(dep: state.Deployment) -> dict[str, Any]:
 
 
 def list_deployments() -> list[dict[str, Any]]:
+    from msmall.runtimes.container import orphan_containers
+
     found = [live_status(dep) for dep in state.load_all()]
-    try:
-        from msmall.runtimes.container import orphan_containers
-    except ImportError:
-        return found
     known = {d.get("container_id") for d in found}
     return found + [c for c in orphan_containers() if c["container_id"] not in known]
 
@@ -73,11 +71,9 @@ def stop(name: str) -> dict[str, Any]:
     """Stop one deployment; a stale record is cleaned up. Returns what was done."""
     dep = state.load(name)
     if dep is None:
-        try:
-            from msmall.runtimes.container import stop_container_by_deployment
-        except ImportError:
-            stop_container_by_deployment = None
-        if stop_container_by_deployment and stop_container_by_deployment(name):
+        from msmall.runtimes.container import stop_container_by_deployment
+
+        if stop_container_by_deployment(name):
             return {"name": name, "action": "stopped container found by label"}
         _get(name)
     assert dep is not None
@@ -104,10 +100,8 @@ def stop_all() -> list[dict[str, Any]]:
 
 def _labelled_container_id(name: str) -> str | None:
     """A container carrying `msmall.deployment=name` when no record names it (state dir wiped)."""
-    try:
-        from msmall.runtimes.container import msmall_containers
-    except ImportError:
-        return None
+    from msmall.runtimes.container import msmall_containers
+
     found = msmall_containers(name)
     return found[0].id if found else None
 

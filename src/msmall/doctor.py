@@ -445,7 +445,7 @@ def _check_docker(c: _Checks, inv: Inventory, status: DockerStatus) -> None:
     from msmall.runtimes.container import TOOLKIT_FIX
 
     unreachable, runtime_problem = status.unreachable, status.gpu_problem
-    named = c.strict and c.backend == "docker"
+    named = c.strict and c.runtime == "container"
     if unreachable:
         c.add("docker", "fail" if named else "warn", unreachable, status.fix)
     else:

@@ -410,13 +410,17 @@ def _read_gpus(source: str) -> tuple[list[GpuInfo], str | None, str | None, GpuS
     return gpus, driver, cuda, "nvidia-smi", None if gpus else "nvidia-smi listed no GPU"
 
 
-def read_inventory(source: str = "auto") -> Inventory:
+def read_inventory(source: str = "auto", *, host: bool = True) -> Inventory:
     """Read GPUs, driver, CUDA, RAM and free disk. Never raises for missing or broken hardware.
 
     ``source="auto"`` honours ``MSMALL_GPU_SOURCE``, then tries NVML and falls back to nvidia-smi.
     An explicit ``source`` is used as given. An unknown source is a ``ConfigError``.
+    ``host=False`` reads the GPUs only (what a serve preflight needs; RAM and disks cost imports).
     """
     gpus, driver, cuda, used, problem = _read_gpus(_chosen_source(source))
+    if not host:
+        return Inventory(gpus=gpus, driver_version=driver, cuda_version=cuda, source=used,
+                         problem=problem)  # fmt: skip
     ram_total, ram_available = _ram_gib()
     return Inventory(
         gpus=gpus,

@@ -114,7 +114,7 @@ def final_plan(
     from msmall.profiles import load_profile, parse_set
 
     options = options or PlanOptions()
-    inv = inventory if inventory is not None else hardware.read_inventory()
+    inv = inventory if inventory is not None else hardware.read_inventory(host=False)
     known = _Profiles()
     ref, notes = choose_profile(profile_ref, inv, known.all() if not profile_ref else [])
     prof = load_profile(ref, parse_set(overrides))

@@ -20,7 +20,7 @@ from msmall.errors import ConfigError
 class Deployment(BaseModel):
     name: str
     profile: str
-    backend: Literal["ollama", "vllm", "docker", "simulator"]
+    backend: str  # as the user named it (an engine or an alias such as "docker")
     base_url: str
     served_model_name: str
     flavor: Literal["vllm", "ollama"] = "vllm"

@@ -40,7 +40,7 @@ TOY = Engine(
     flavor="vllm",
     default_port=8000,
     plan=plan_toy,
-    log_rules=vllm_logs.LOG_RULES,  # it logs like vLLM
+    load_log_rules=lambda: vllm_logs.LOG_RULES,  # it logs like vLLM
     needs_gpu=False,
 )
 

@@ -54,7 +54,7 @@ def test_dry_run_is_the_plan_serve_runs(
 ) -> None:
     reads = []
 
-    def read_inventory(source: str = "auto") -> hardware.Inventory:
+    def read_inventory(source: str = "auto", **_: object) -> hardware.Inventory:
         reads.append(source)
         return inventories[scenario]
 

@@ -48,7 +48,8 @@ class Engine:
     # The plan for the container runtime; None when the engine has no image msmall runs.
     container_plan: PlanFn | None = None
     fit: FitFn | None = None  # None: needs no GPU
-    log_rules: LogRules | None = None
+    # The engine's log rules, loaded on first use: compiling them is most of a dry run's cost.
+    load_log_rules: Callable[[], LogRules] | None = None
     probe_version: Callable[[], VersionProbe] | None = None
     post_ready: PostReadyFn | None = None
     # True when the server at base_url is one of this engine's that msmall may reuse as it is
@@ -65,3 +66,7 @@ class Engine:
     # of a required key.
     has_api_key: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_rules(self) -> LogRules | None:
+        return self.load_log_rules() if self.load_log_rules is not None else None

@@ -3,10 +3,47 @@ through its API. Everything msmall knows about Ollama is in this folder."""
 
 from __future__ import annotations
 
-from msmall.backends.engine import Engine
-from msmall.backends.ollama import api, logs, ready, version
-from msmall.backends.ollama.fit import fit_ollama
+from typing import TYPE_CHECKING
+
+from msmall.backends.engine import Engine, VersionProbe
 from msmall.backends.ollama.plan import plan_ollama
+
+if TYPE_CHECKING:
+    from msmall.diagnose import LogRules
+    from msmall.fit import FitReport
+    from msmall.plan import LaunchPlan
+    from msmall.progress import Reporter
+
+
+def fit(profile, gpus, free, backend) -> FitReport:
+    from msmall.backends.ollama.fit import fit_ollama
+
+    return fit_ollama(profile, gpus, free, backend)
+
+
+def log_rules() -> LogRules:
+    from msmall.backends.ollama import logs
+
+    return logs.LOG_RULES
+
+
+def probe_version() -> VersionProbe:
+    from msmall.backends.ollama import version
+
+    return version.probe()
+
+
+def post_ready(plan: LaunchPlan, reporter: Reporter) -> None:
+    from msmall.backends.ollama import ready
+
+    ready.prepare(plan, reporter)
+
+
+def is_ollama(base_url: str) -> bool:
+    from msmall.backends.ollama import api
+
+    return api.is_ollama(base_url)
+
 
 ENGINE = Engine(
     name="ollama",
@@ -14,11 +51,11 @@ ENGINE = Engine(
     flavor="ollama",
     default_port=11434,
     plan=plan_ollama,
-    fit=fit_ollama,
-    log_rules=logs.LOG_RULES,
-    probe_version=version.probe,
-    post_ready=ready.prepare,
-    reusable_server=api.is_ollama,
+    fit=fit,
+    load_log_rules=log_rules,
+    probe_version=probe_version,
+    post_ready=post_ready,
+    reusable_server=is_ollama,
     reuse_note="its own settings (OLLAMA_CONTEXT_LENGTH, OLLAMA_KV_CACHE_TYPE...) apply, not the "
     "profile's.",
     has_api_key=False,

@@ -3,9 +3,9 @@ speaks and logs like vLLM, so vLLM's log rules read its failures."""
 
 from __future__ import annotations
 
+from msmall.backends import vllm
 from msmall.backends.engine import Engine
 from msmall.backends.simulator.plan import plan_simulator
-from msmall.backends.vllm import logs
 
 ENGINE = Engine(
     name="simulator",
@@ -13,6 +13,6 @@ ENGINE = Engine(
     flavor="vllm",
     default_port=8000,
     plan=plan_simulator,
-    log_rules=logs.LOG_RULES,
+    load_log_rules=vllm.log_rules,
     needs_gpu=False,
 )
