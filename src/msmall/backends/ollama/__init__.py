@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from msmall.progress import Reporter
 
 
-def fit(profile, gpus, free, backend) -> FitReport:
+def memory_fit(profile, gpus, free, backend) -> FitReport:
     from msmall.backends.ollama.fit import fit_ollama
 
     return fit_ollama(profile, gpus, free, backend)
@@ -51,7 +51,7 @@ ENGINE = Engine(
     flavor="ollama",
     default_port=11434,
     plan=plan_ollama,
-    fit=fit,
+    fit=memory_fit,
     load_log_rules=log_rules,
     probe_version=probe_version,
     post_ready=post_ready,

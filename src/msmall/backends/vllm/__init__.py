@@ -23,7 +23,7 @@ def probe_version() -> VersionProbe:
     return VersionProbe(versions.installed_vllm_version(timeout_s=VLLM_VERSION_TIMEOUT_S))
 
 
-def fit(profile, gpus, free, backend) -> FitReport:
+def memory_fit(profile, gpus, free, backend) -> FitReport:
     from msmall.backends.vllm.fit import fit_vllm
 
     return fit_vllm(profile, gpus, free, backend)
@@ -42,7 +42,7 @@ ENGINE = Engine(
     default_port=8000,
     plan=plan_vllm,
     container_plan=plan_docker,
-    fit=fit,
+    fit=memory_fit,
     load_log_rules=log_rules,
     probe_version=probe_version,
     tensor_parallel=True,
