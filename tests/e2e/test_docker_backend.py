@@ -575,9 +575,11 @@ def test_docs_show_the_docker_run_line_of_every_gpu_profile(
             f"docs/docker.md is out of date for {name}: regenerate its block with "
             f"`HF_TOKEN=x msmall serve --profile {name} --backend docker --dry-run`"
         )
-        assert (
-            f"# profile {name}, backend docker, vLLM {plan.engine_version}\n{shown}\n" in readme
-        ), f"README's Docker section is out of date for {name}"
+        # The README shows the default model's profiles; docs/docker.md shows every one.
+        if plan.model == "mistral-small-3.1":
+            assert (
+                f"# profile {name}, backend docker, vLLM {plan.engine_version}\n{shown}\n" in readme
+            ), f"README's Docker section is out of date for {name}"
         assert SECRET not in shown
 
 
