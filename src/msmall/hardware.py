@@ -386,12 +386,44 @@ def _chosen_source(source: str) -> str:
     return source
 
 
+# Where the dynamic loader finds libnvidia-ml.so.1 on Linux, besides LD_LIBRARY_PATH and
+# /etc/ld.so.conf: distro library dirs, WSL2's driver dir, NVIDIA's container runtime mount.
+_NVML_LIB_DIRS = (
+    "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+    "/lib/x86_64-linux-gnu", "/usr/lib/wsl/lib", "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib",
+)  # fmt: skip
+
+
+def _ld_conf_dirs() -> list[str]:
+    dirs: list[str] = []
+    for conf in [Path("/etc/ld.so.conf"), *sorted(Path("/etc/ld.so.conf.d").glob("*.conf"))]:
+        try:
+            lines = conf.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        dirs += [ln.strip() for ln in lines if ln.strip().startswith("/")]
+    return dirs
+
+
+def nvml_library_present() -> bool:
+    """Whether libnvidia-ml could load at all. Importing pynvml costs ~50 ms of every dry run;
+    on a machine without the NVIDIA driver that is skipped (Linux only; elsewhere pynvml looks)."""
+    import sys
+
+    if sys.platform != "linux" or "pynvml" in sys.modules:
+        return True
+    dirs = [*os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep), *_ld_conf_dirs()]
+    return any(any(Path(d).glob("libnvidia-ml.so*")) for d in [*dirs, *_NVML_LIB_DIRS] if d)
+
+
 def _read_gpus(source: str) -> tuple[list[GpuInfo], str | None, str | None, GpuSource, str | None]:
     """(gpus, driver, cuda, source used, problem)."""
     if source == "none":
         return [], None, None, "none", "GPU detection is turned off (MSMALL_GPU_SOURCE=none)"
     nvml_problem = None
-    if source in ("auto", "nvml"):
+    if source == "auto" and not nvml_library_present():
+        nvml_problem = "NVML library (libnvidia-ml.so.1) not found: no NVIDIA driver is installed"
+    elif source in ("auto", "nvml"):
         try:
             gpus, driver, cuda = _read_nvml()
         except Exception as e:

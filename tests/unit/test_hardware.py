@@ -579,3 +579,22 @@ def test_real_gpu() -> None:
         ]
         assert by_nvml.driver_version == by_smi.driver_version
         assert by_nvml.cuda_version == by_smi.cuda_version
+
+
+def test_nvml_is_not_imported_where_its_library_cannot_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipping pynvml saves a dry run ~50 ms where no NVIDIA driver is installed; a library on
+    LD_LIBRARY_PATH (or a pynvml already imported) means NVML is tried as before."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+    monkeypatch.setattr(hardware, "_NVML_LIB_DIRS", ())
+    monkeypatch.setattr(hardware, "_ld_conf_dirs", lambda: [])
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(tmp_path))
+    assert not hardware.nvml_library_present()
+    inv = read_inventory("auto")
+    assert "pynvml" not in sys.modules
+    assert inv.problem.startswith("NVML library (libnvidia-ml.so.1) not found")
+    (tmp_path / "libnvidia-ml.so.1").write_bytes(b"")
+    assert hardware.nvml_library_present()
