@@ -39,6 +39,7 @@ import sys
 import tarfile
 import tempfile
 import time
+
 try:
     import tomllib
 except ImportError:  # Python 3.10: the real-daemon tests skip
@@ -68,13 +69,19 @@ BUILD_TIMEOUT_S = 900.0
 
 
 class CannotRun(Exception):
-    """This machine cannot run a private dockerd; the message is the skip reason."""
+    """The private dockerd or the image could not be made; the message says why."""
+
+
+class MissingTool(CannotRun):
+    """A tool the tests need is not installed: the message is the skip reason."""
 
 
 def why_not_runnable() -> str | None:
     """The reason no private daemon can start here, or None."""
     if sys.platform != "linux":
         return "a private dockerd needs Linux"
+    if tomllib is None:
+        return "the image builder reads pyproject.toml with tomllib (Python 3.11+)"
     if os.geteuid() != 0:
         return "a private dockerd needs root (run the tests as root, e.g. in CI)"
     missing = [t for t in ("dockerd", "containerd", "runc", "ip") if shutil.which(t) is None]
@@ -217,6 +224,7 @@ class PrivateDaemon:
     pid: int | None = field(init=False, default=None)
     log_file: Path = field(init=False)
     seen_containers: set[str] = field(init=False, default_factory=set)
+    stopped: bool = field(init=False, default=False)
 
     @property
     def socket(self) -> Path:
@@ -305,7 +313,9 @@ class PrivateDaemon:
                 break
             if time.monotonic() > deadline:
                 self.stop()
-                raise CannotRun(f"dockerd not ready within {DAEMON_START_S:.0f} s: {self.log_tail()}")
+                raise CannotRun(
+                    f"dockerd not ready within {DAEMON_START_S:.0f} s: {self.log_tail()}"
+                )
             time.sleep(0.1)
         self._popen = proc
         return self
@@ -346,6 +356,9 @@ class PrivateDaemon:
 
     def stop(self) -> None:
         """SIGTERM the pid in dockerd's pid file (nothing else), wait for it; remove the bridge."""
+        if self.stopped:
+            return
+        self.stopped = True
         pid = None
         with contextlib.suppress(OSError, ValueError):
             pid = int(self.pidfile.read_text().strip())
@@ -378,10 +391,20 @@ class PrivateDaemon:
         import psutil
 
         marker = str(self.run_dir)
+        subnet = ipaddress.IPv4Interface(self.gateway).network if self.gateway else None
         found = []
         for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if marker in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            argv = proc.info["cmdline"] or []
+            cmd = " ".join(argv)
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            ours = marker in cmd
+            # docker-proxy's command line names only the container's address on our bridge.
+            if not ours and subnet is not None and "-container-ip" in argv:
+                with contextlib.suppress(ValueError, IndexError):
+                    ip = argv[argv.index("-container-ip") + 1]
+                    ours = ipaddress.IPv4Address(ip) in subnet
+            if ours:
                 found.append(f"{proc.info['pid']}: {cmd[:160]}")
         if self.pid is not None and _alive(self.pid):
             found.append(f"{self.pid}: dockerd")
@@ -438,7 +461,7 @@ def _rootfs_tarball(built: list[str]) -> Path:
     if tarball.exists():
         return tarball
     if shutil.which("debootstrap") is None:
-        raise CannotRun("debootstrap not found: `apt-get install -y debootstrap`")
+        raise MissingTool("debootstrap not found: `apt-get install -y debootstrap`")
     work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=CACHE_DIR))
     try:
         _run(
@@ -475,7 +498,17 @@ def _wheels(built: list[str]) -> tuple[Path, Path]:
     own_dir = CACHE_DIR / "msmall-wheel"
     shutil.rmtree(own_dir, ignore_errors=True)
     _run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO_ROOT), "-w", str(own_dir)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            str(REPO_ROOT),
+            "-w",
+            str(own_dir),
+        ],
         BUILD_TIMEOUT_S,
     )
     (wheel,) = own_dir.glob("msmall-*.whl")
