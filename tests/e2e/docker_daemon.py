@@ -4,13 +4,15 @@
 root, exec root and pid file, on a bridge of its own, with no iptables rules and no registry
 access, so it neither sees nor disturbs a Docker the machine may already run:
 
-- `nvidia=True`: the machine as the NVIDIA Container Toolkit leaves it after
+- `nvidia="toolkit"`: the machine as the NVIDIA Container Toolkit leaves it after
   `nvidia-ctk runtime configure`: `nvidia-container-runtime-hook` on dockerd's PATH (moby
   daemon/nvidia_linux.go registers its "nvidia" device driver, the one `--gpus` selects, only when
   exec.LookPath finds that hook) and an `nvidia` runtime in `docker info`. Both stand-ins are
   small: the hook reads the OCI state on stdin, notes which GPUs the container asked for, exits 0;
   the runtime execs runc.
-- `nvidia=False`: neither, as on a machine without the toolkit.
+- `nvidia="hook"`: the toolkit installed but never registered with Docker: the hook only.
+  `--gpus` works all the same (the driver needs the hook, not the runtime).
+- `nvidia="none"`: neither, as on a machine without the toolkit.
 
 `ensure_stand_in_image` builds (or finds in the cache) `vllm/vllm-openai:v0.33.0` and `-cu129`: a
 Debian bookworm rootfs made by debootstrap and imported with `docker import`, msmall installed
@@ -216,7 +218,7 @@ exec runc "$@"
 
 @dataclass
 class PrivateDaemon:
-    nvidia: bool
+    nvidia: str  # "toolkit" | "hook" | "none"
     data_root: Path | None = None  # None: a fresh one under the run directory
     run_dir: Path = field(init=False)
     bridge: str = field(init=False, default="")
@@ -233,6 +235,11 @@ class PrivateDaemon:
     @property
     def docker_host(self) -> str:
         return f"unix://{self.socket}"
+
+    @property
+    def bindir(self) -> Path:
+        """Where the stand-in NVIDIA executables are (on dockerd's PATH)."""
+        return self.run_dir / "bin"
 
     @property
     def pidfile(self) -> Path:
@@ -260,7 +267,7 @@ class PrivateDaemon:
         bindir = self.run_dir / "bin"
         bindir.mkdir()
         (self.run_dir / "daemon.json").write_text("{}\n")  # not /etc/docker/daemon.json
-        self.bridge = f"msm{os.getpid() % 100000:05d}{'g' if self.nvidia else 'n'}"
+        self.bridge = f"msm{os.getpid() % 100000:05d}{self.nvidia[0]}"
         self.gateway = make_bridge(self.bridge)
         argv = [
             shutil.which("dockerd") or "dockerd",
@@ -275,15 +282,16 @@ class PrivateDaemon:
             "--iptables=false", "--ip-forward=false", "--ip-masq=false",
         ]  # fmt: skip
         path = [p for p in os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(":") if p]
-        if self.nvidia:
+        if self.nvidia in ("toolkit", "hook"):
             hook = bindir / "nvidia-container-runtime-hook"
             hook.write_text(HOOK)
+            hook.chmod(0o755)
+            path.insert(0, str(bindir))
+        if self.nvidia == "toolkit":
             runtime = bindir / "nvidia-container-runtime"
             runtime.write_text(RUNTIME)
-            for exe in (hook, runtime):
-                exe.chmod(0o755)
+            runtime.chmod(0o755)
             argv += ["--add-runtime", f"nvidia={runtime}"]
-            path.insert(0, str(bindir))
         else:
             # A real hook installed on this machine would make dockerd find the driver anyway.
             path = [p for p in path if not (Path(p) / "nvidia-container-runtime-hook").exists()]

@@ -102,7 +102,7 @@ def nvidia_dockerd() -> Iterator[PrivateDaemon]:
         pytest.skip(f"no private Docker Engine here: {reason}")
     # One session at a time owns the cached data root (the image and its build cache).
     with file_lock(CACHE_DIR / "dockerd-data.lock", LOCK_WAIT_S):
-        daemon = _start(PrivateDaemon(nvidia=True, data_root=CACHE_DIR / "dockerd-data"))
+        daemon = _start(PrivateDaemon(nvidia="toolkit", data_root=CACHE_DIR / "dockerd-data"))
         try:
             try:
                 report = ensure_stand_in_image(daemon)
@@ -124,7 +124,7 @@ def plain_dockerd() -> Iterator[PrivateDaemon]:
     reason = why_not_runnable()
     if reason:
         pytest.skip(f"no private Docker Engine here: {reason}")
-    daemon = _start(PrivateDaemon(nvidia=False))
+    daemon = _start(PrivateDaemon(nvidia="none"))
     try:
         # Its containers must fail to start on the GPU request, so any image with the tag does.
         tiny_vllm_image(daemon)
@@ -488,6 +488,51 @@ def test_daemon_without_the_toolkit_gives_the_toolkit_fix(
     assert "Traceback" not in forced.stderr
     daemon.note_containers()
     assert containers(daemon) == []  # created, failed to start, removed
+
+
+def test_toolkit_installed_but_not_registered_is_not_refused(free_port: int) -> None:
+    """`--gpus` needs the hook, not the runtime: with the toolkit installed and never registered
+    (`nvidia-ctk runtime configure` not run), `docker info` lists no nvidia runtime, yet Docker
+    gives the container its GPUs. msmall must not refuse that machine."""
+    reason = why_not_runnable()
+    if reason:
+        pytest.skip(f"no private Docker Engine here: {reason}")
+    daemon = _start(PrivateDaemon(nvidia="hook"))
+    try:
+        tiny_vllm_image(daemon)  # enough to reach the GPU request; it has no vllm to run
+        with contextlib.closing(daemon.client()) as cli:
+            assert "nvidia" not in cli.info()["Runtimes"]
+        # The toolkit's package puts the hook in /usr/bin, on msmall's PATH as on dockerd's.
+        path = f"{daemon.bindir}{os.pathsep}{FAKES_DIR}{os.pathsep}{os.environ['PATH']}"
+        args = serve_args("h100-bf16-vision", free_port, "--check", "--pull", "never")
+        result = run(*args, env=env_for(daemon, PATH=path))
+        assert "no NVIDIA runtime" not in result.stderr
+        # Docker gave it every GPU (the prestart hook ran); then the tiny image had nothing to
+        # exec, which is the start failure msmall reports.
+        assert [c["NVIDIA_VISIBLE_DEVICES"] for c in daemon.hook_calls()] == ["all"]
+        assert result.returncode == 4, result.stderr
+        (message,) = error_lines(result.stderr)[:1]
+        assert "the container did not start" in message and "vllm" in message
+        assert "Traceback" not in result.stderr
+        daemon.note_containers()
+        assert containers(daemon) == []
+    finally:
+        _teardown(daemon)
+
+
+def test_a_pull_that_cannot_reach_the_registry(dockerd: PrivateDaemon, free_port: int) -> None:
+    # The private daemon's registry traffic goes to a closed port: dockerd 20.10 answers the
+    # pull with HTTP 500 before any progress stream (the fake's broken pull fails in the stream).
+    args = serve_args("h100-bf16-vision", free_port, "--vllm-version", "0.32.0", "--check")
+    result = run(*args, env=env_for(dockerd))
+    assert result.returncode == 4, result.stderr
+    assert "msmall: pulling vllm/vllm-openai:v0.32.0" in result.stderr
+    message, fix = error_lines(result.stderr)
+    assert message.startswith("error: pulling vllm/vllm-openai:v0.32.0 failed: ")
+    assert "connection refused" in message
+    assert "network" in fix
+    assert "Traceback" not in result.stderr
+    assert containers(dockerd) == []
 
 
 def test_pull_never_with_the_image_missing(dockerd: PrivateDaemon, free_port: int) -> None:
