@@ -281,6 +281,8 @@ class PrivateDaemon:
             "--bridge", self.bridge,
             "--iptables=false", "--ip-forward=false", "--ip-masq=false",
         ]  # fmt: skip
+        if self.nvidia not in ("toolkit", "hook", "none"):
+            raise ValueError(f"nvidia must be toolkit, hook or none, not {self.nvidia!r}")
         path = [p for p in os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(":") if p]
         if self.nvidia in ("toolkit", "hook"):
             hook = bindir / "nvidia-container-runtime-hook"
@@ -292,7 +294,7 @@ class PrivateDaemon:
             runtime.write_text(RUNTIME)
             runtime.chmod(0o755)
             argv += ["--add-runtime", f"nvidia={runtime}"]
-        else:
+        if self.nvidia == "none":
             # A real hook installed on this machine would make dockerd find the driver anyway.
             path = [p for p in path if not (Path(p) / "nvidia-container-runtime-hook").exists()]
         env = {

@@ -509,7 +509,7 @@ def test_toolkit_installed_but_not_registered_is_not_refused(free_port: int) -> 
         assert "no NVIDIA runtime" not in result.stderr
         # Docker gave it every GPU (the prestart hook ran); then the tiny image had nothing to
         # exec, which is the start failure msmall reports.
-        assert [c["NVIDIA_VISIBLE_DEVICES"] for c in daemon.hook_calls()] == ["all"]
+        assert [c["NVIDIA_VISIBLE_DEVICES"] for c in daemon.hook_calls()] == ["all"], result.stderr
         assert result.returncode == 4, result.stderr
         (message,) = error_lines(result.stderr)[:1]
         assert "the container did not start" in message and "vllm" in message
