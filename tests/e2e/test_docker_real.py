@@ -44,7 +44,7 @@ from docker_daemon import (
     tiny_vllm_image,
     why_not_runnable,
 )
-from helpers import LiveServe
+from helpers import LiveServe, path_without_nvidia_hook
 
 # The session fixture may build the image (minutes, cold); the per-test limit is for the test.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180, func_only=True)]
@@ -173,13 +173,16 @@ def live() -> Iterator[Callable[..., LiveServe]]:
 
 def env_for(daemon: PrivateDaemon, scenario: str = "h100", **extra: str) -> dict[str, str]:
     """msmall's environment: the private daemon, and GPUs from the fake nvidia-smi."""
+    path = f"{FAKES_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+    if daemon.nvidia == "none":
+        path = path_without_nvidia_hook(path)  # a real toolkit here would answer for the daemon
     return {
         **os.environ,
         "DOCKER_HOST": daemon.docker_host,
         "MSMALL_GPU_SOURCE": "nvidia-smi",
         "FAKE_NVIDIA_SMI_SCENARIO": scenario,
         "MSMALL_FAKE_PYTHON": sys.executable,
-        "PATH": f"{FAKES_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": path,
         **extra,
     }
 
