@@ -264,11 +264,18 @@ class PrivateDaemon:
         self.run_dir = Path(tempfile.mkdtemp(prefix="msmall-dockerd-", dir="/tmp"))
         data_root = self.data_root or self.run_dir / "data"
         data_root.mkdir(parents=True, exist_ok=True)
+        if self.data_root is not None:
+            _stop_leftover(self.data_root)
         bindir = self.run_dir / "bin"
         bindir.mkdir()
         (self.run_dir / "daemon.json").write_text("{}\n")  # not /etc/docker/daemon.json
         self.bridge = f"msm{os.getpid() % 100000:05d}{self.nvidia[0]}"
         self.gateway = make_bridge(self.bridge)
+        if self.data_root is not None:
+            # Where this session's pid file is: the next session stops us if we are left over.
+            _pointer(self.data_root).write_text(
+                json.dumps({"pidfile": str(self.pidfile), "bridge": self.bridge})
+            )
         argv = [
             shutil.which("dockerd") or "dockerd",
             "--config-file", str(self.run_dir / "daemon.json"),
@@ -395,6 +402,11 @@ class PrivateDaemon:
     def _cleanup_host(self) -> None:
         if self.bridge:
             delete_bridge(self.bridge)
+        if self.data_root is not None:
+            pointer = _pointer(self.data_root)
+            with contextlib.suppress(OSError):
+                if json.loads(pointer.read_text())["pidfile"] == str(self.pidfile):
+                    pointer.unlink()
 
     def leftover_processes(self) -> list[str]:
         """Processes still running from this daemon: dockerd, its containerd, shims, proxies."""
@@ -422,6 +434,35 @@ class PrivateDaemon:
 
     def remove_run_dir(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _pointer(data_root: Path) -> Path:
+    return data_root.with_name(data_root.name + ".pidfile")
+
+
+def _stop_leftover(data_root: Path) -> None:
+    """A dockerd a killed session left on this data root: stop it by its pid file, or two
+    daemons would share one data root."""
+    pointer = _pointer(data_root)
+    try:
+        left = json.loads(pointer.read_text())
+        pidfile = Path(left["pidfile"])
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not cmdline or not cmdline[0].endswith(b"dockerd") or str(data_root).encode() not in cmdline:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + DAEMON_STOP_S
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        raise CannotRun(f"a leftover dockerd (pid {pid}, {pidfile}) holds {data_root}")
+    if str(left.get("bridge", "")).startswith("msm"):
+        delete_bridge(left["bridge"])
+    shutil.rmtree(pidfile.parent, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
