@@ -503,7 +503,7 @@ def image_key() -> str:
     # msmall's own code is in the image too: a change rebuilds only that layer.
     return _short_hash(
         rootfs_key(), deps_key(), _tree_hash(REPO_ROOT / "src", REPO_ROOT / "pyproject.toml"),
-        _tree_hash(FAKE_VLLM, IMAGE_FILES),
+        _tree_hash(FAKE_VLLM, IMAGE_FILES), DOCKERFILE,
     )  # fmt: skip
 
 
@@ -634,7 +634,12 @@ def ensure_stand_in_image(daemon: PrivateDaemon) -> BuildReport:
         for ref in VLLM_TAGS:
             repo, _, version = ref.partition(":")
             image.tag(repo, version)
-        return BuildReport(image.id, built, time.monotonic() - started)
+    report = BuildReport(image.id, built, round(time.monotonic() - started, 1))
+    with contextlib.suppress(OSError):
+        partial = CACHE_DIR / "last-build.json.partial"
+        partial.write_text(json.dumps({"key": key, **report.__dict__}, indent=1) + "\n")
+        partial.replace(CACHE_DIR / "last-build.json")
+    return report
 
 
 def _prune_old_images(cli, keep: str) -> None:
