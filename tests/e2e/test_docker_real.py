@@ -561,15 +561,18 @@ def test_pull_never_with_the_image_missing(dockerd: PrivateDaemon, free_port: in
 
 
 def _leftover(daemon: PrivateDaemon, name: str, labels: dict[str, str], running: bool):
+    """A container of that name from an earlier run (or from someone else): running (a
+    `sleep`, nothing needs to serve) or exited."""
     with contextlib.closing(daemon.client()) as cli:
-        if running:
-            return cli.containers.run(
-                VLLM_TAGS[0], ["--model", "x"], name=name, labels=labels, detach=True
-            )
         container = cli.containers.create(
-            VLLM_TAGS[0], ["--model", "x"], name=name, labels=labels,
-            entrypoint=["/bin/true"],
+            VLLM_TAGS[0], ["infinity" if running else "0"], name=name, labels=labels,
+            entrypoint=["sleep"],
         )  # fmt: skip
+        if running:
+            container.start()
+            container.reload()
+            assert container.status == "running"
+            return container
         container.start()
         assert container.wait(timeout=30)["StatusCode"] == 0
         container.reload()
