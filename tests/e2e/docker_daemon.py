@@ -165,7 +165,9 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
 def make_bridge(name: str) -> str:
     """Create bridge NAME on a free 10.213.N.0/24 and return its gateway CIDR."""
     used = _used_networks()
-    for n in range(1, 255):
+    # Start from a per-process offset: two sessions choosing at the same moment rarely collide.
+    start = os.getpid() % 254
+    for n in (1 + (start + i) % 254 for i in range(254)):
         net = ipaddress.IPv4Network(f"10.213.{n}.0/24")
         if any(net.overlaps(u) for u in used if u.prefixlen > 0):
             continue
