@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import threading
@@ -12,6 +13,19 @@ import psutil
 from conftest import msmall_cmd
 
 WAIT_S = 30.0
+
+
+def path_without_nvidia_hook(path: str | None = None) -> str:
+    """PATH minus the directories holding nvidia-container-runtime-hook: msmall takes a local
+    hook as proof that Docker can serve --gpus, which a "no toolkit" test must not find on a
+    machine where the NVIDIA Container Toolkit is installed."""
+    dirs = (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep)
+    keep = [
+        d
+        for d in dirs
+        if d and not os.path.exists(os.path.join(d, "nvidia-container-runtime-hook"))
+    ]
+    return os.pathsep.join(keep)
 
 
 class LiveServe:

@@ -28,7 +28,7 @@ import pytest
 
 from conftest import msmall_cmd
 from fakes.docker_engine import FakeDocker, running_fake_docker
-from helpers import LiveServe
+from helpers import LiveServe, path_without_nvidia_hook
 from msmall.backends import PlanOptions, build_plan
 from msmall.errors import ConfigError, EngineUnavailable
 from msmall.launcher import ServeRequest, serve
@@ -297,14 +297,15 @@ def test_daemon_unreachable_is_one_plain_error(free_port: int) -> None:
 
 def test_no_nvidia_runtime_refused_then_forced_start_fails(fake_docker, free_port: int) -> None:
     fake = fake_docker("no-nvidia", images=[demo_image()])
-    refused = run(*serve_args(free_port, "--check"), env=env_for(fake))
+    env = env_for(fake, PATH=path_without_nvidia_hook())
+    refused = run(*serve_args(free_port, "--check"), env=env)
     assert refused.returncode == 3, refused.stderr
     message, fix = error_lines(refused.stderr)
     assert "Docker has no NVIDIA runtime" in message
     assert "NVIDIA Container Toolkit" in fix and "nvidia-ctk runtime configure" in fix
     assert fake.containers == []  # refused before anything was created
 
-    forced = run(*serve_args(free_port, "--check", "--force"), env=env_for(fake))
+    forced = run(*serve_args(free_port, "--check", "--force"), env=env)
     assert forced.returncode == 3, forced.stderr
     assert "--force: trying anyway" in forced.stderr
     message, fix = error_lines(forced.stderr)

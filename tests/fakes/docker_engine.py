@@ -66,6 +66,7 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 # (samples/docker/*could-not-select-device-driver*.txt).
 DEVICE_DRIVER_ERROR = 'could not select device driver "{driver}" with capabilities: {caps}'
 # docker-py's `containers.run` only inspects HostConfig.LogConfig.Type; moby fills it in.
+IMAGE_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
 DEFAULT_LOG_CONFIG = {"Type": "json-file", "Config": {}}
 SCENARIOS = ("default", "no-nvidia", "no-cdi", "pull-error", "oom")
 # vLLM 0.33 flags that take no value; every other flag is read as taking one.
@@ -742,6 +743,9 @@ class FakeEngine:
         argv = [*(entrypoint or []), *(body.get("Cmd") or [])]
         host_config = copy.deepcopy(c.host_config)
         host_config.setdefault("LogConfig", DEFAULT_LOG_CONFIG)
+        # Defaults the daemon fills in when docker-py leaves them out (dockerd 20.10 inspect).
+        host_config.setdefault("RestartPolicy", {"Name": "", "MaximumRetryCount": 0})
+        host_config.setdefault("AutoRemove", False)
         # docker-py sends "default"; the daemon shows what that means on Linux.
         if host_config.get("NetworkMode", "default") == "default":
             host_config["NetworkMode"] = "bridge"
@@ -754,7 +758,11 @@ class FakeEngine:
         config.setdefault("Tty", False)
         config["Entrypoint"] = entrypoint
         config["Labels"] = body.get("Labels") or {}
-        config["Env"] = list(body.get("Env") or [])
+        # Like moby daemon/commit.go merge(): the image's Env entries whose names the request
+        # does not set are appended (a real container's Env always carries the image's PATH).
+        env = list(body.get("Env") or [])
+        names = {item.partition("=")[0] for item in env}
+        config["Env"] = env + [e for e in IMAGE_ENV if e.partition("=")[0] not in names]
         return {
             "Id": c.id,
             "Created": _rfc3339(c.created_ns),
@@ -1076,7 +1084,7 @@ def build_app(engine: FakeEngine) -> Any:
                 "Config": {
                     "Entrypoint": ["vllm", "serve"] if vllm else None,
                     "Cmd": None if vllm else ["/bin/sh"],
-                    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                    "Env": list(IMAGE_ENV),
                     "ExposedPorts": {"8000/tcp": {}} if vllm else None,
                     "Labels": None,
                 },

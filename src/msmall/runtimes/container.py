@@ -97,6 +97,24 @@ def gpu_runtime_problem(info: dict[str, Any]) -> str | None:
     )
 
 
+def _local_nvidia_hook() -> str | None:
+    """The NVIDIA hook's path when the daemon runs on this machine and the hook is installed.
+
+    `--gpus` does not need the nvidia runtime: moby's daemon/nvidia_linux.go registers the
+    "nvidia" device driver (the one `--gpus` selects) whenever exec.LookPath finds
+    nvidia-container-runtime-hook, which the toolkit's package installs in /usr/bin. Such a
+    daemon lists no nvidia runtime in `docker info` until `nvidia-ctk runtime configure` is run,
+    and serves `--gpus all` all the same (checked against dockerd 20.10).
+    """
+    import os
+    import shutil
+
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not host.startswith("unix://"):
+        return None  # a remote daemon's PATH is not ours to look at
+    return shutil.which("nvidia-container-runtime-hook")
+
+
 def preflight(cli: docker.DockerClient, force: bool) -> list[str]:
     import docker
     import requests
@@ -110,6 +128,8 @@ def preflight(cli: docker.DockerClient, force: bool) -> list[str]:
         ) from None
     warnings = []
     problem = gpu_runtime_problem(info)
+    if problem and _local_nvidia_hook():
+        problem = None
     if problem:
         if not force:
             raise EnvironmentProblem(
