@@ -9,9 +9,9 @@ import subprocess
 
 import httpx
 import pytest
-from test_serve_e2e import assert_nothing_left
 
 from conftest import msmall_cmd
+from test_serve_e2e import assert_nothing_left
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
