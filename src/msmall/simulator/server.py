@@ -44,9 +44,16 @@ class _Server(uvicorn.Server):
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind without listening: the port is taken, connections are refused."""
+    """Bind without listening: the port is taken, connections are refused.
+
+    The protocol must be IPPROTO_TCP, not 0: asyncio (base_events._set_nodelay) sets TCP_NODELAY
+    on accepted connections only when ``sock.proto == IPPROTO_TCP``, and an accepted socket
+    inherits the listening socket's proto. Without no-delay every response on a kept-alive
+    connection waits ~40 ms for the client's delayed ACK (Nagle). Real vLLM (uvloop) and Ollama
+    (Go's net package) set no-delay on every connection.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
