@@ -59,13 +59,14 @@ class OllamaDialect(Dialect):
             raise ChatError(
                 f"{OLLAMA_REGISTRY}/{normalise_tag(request.model)} does not support tools"
             )
-        return "text" if self.state.config.failing("tools-as-text") else "call"
+        return "text" if self.state.draw("tools-as-text") else "call"
 
     async def before_generation(self, request: ChatRequest) -> None:
         await native.ensure_loaded(self.state, request.model, "default")
 
-    def completion_id(self) -> str:
-        return f"chatcmpl-{random.randint(0, 999)}"
+    def completion_id(self, kind: str = "chat") -> str:
+        # openai/openai.go: "chatcmpl-" / "cmpl-" + rand.Intn(999)
+        return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{random.randint(0, 999)}"
 
     def response_body(self, cid: str, request: ChatRequest, completion: Completion) -> dict:
         message: dict[str, Any] = {"role": "assistant", "content": completion.text}
@@ -87,7 +88,9 @@ class OllamaDialect(Dialect):
             },
         }
 
-    def chunk(self, cid: str, request: ChatRequest, delta: dict, finish: str | None) -> dict:
+    def chunk(
+        self, cid: str, request: ChatRequest, delta: dict, finish: str | None, index: int = 0
+    ) -> dict:
         return {
             "id": cid,
             "object": "chat.completion.chunk",
@@ -95,7 +98,7 @@ class OllamaDialect(Dialect):
             "model": request.model,
             "system_fingerprint": "fp_ollama",
             "choices": [
-                {"index": 0, "delta": {"role": "assistant", **delta}, "finish_reason": finish}
+                {"index": index, "delta": {"role": "assistant", **delta}, "finish_reason": finish}
             ],
         }
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from msmall import model as m
 from msmall.simulator.config import SimulatorConfig
+from msmall.simulator.engine import EngineModel
 from msmall.simulator.logs import OllamaLog, VllmLog
 
 OLLAMA_REGISTRY = "registry.ollama.ai/library"
@@ -75,6 +76,15 @@ class SimState:
         self.pulled: dict[str, float] = {}
         self.loaded: dict[str, LoadedModel] = {}
         self._load_lock: asyncio.Lock | None = None
+        self.engine = EngineModel(
+            max_num_seqs=config.num_seqs,
+            kv_tokens=config.kv_tokens,
+            ttft=config.ttft,
+            tpot=config.tpot,
+            knee=config.batch_knee,
+            slope=config.batch_slope,
+        )
+        self._draws: dict[str, int] = {}
         if config.flavor == "ollama":
             if config.pulled:
                 self.pulled[normalise_tag(config.model_name)] = time.time()
@@ -91,6 +101,16 @@ class SimState:
             await asyncio.wait_for(self.stop.wait(), timeout=seconds)
         except asyncio.TimeoutError:
             pass
+
+    def draw(self, mode: str) -> bool:
+        """Whether this request gets a fractional fail mode: request i of the mode gets it when
+        floor((i + 1) * rate) > floor(i * rate), so any 10 in a row at 0.3 include exactly 3."""
+        rate = self.config.fail_rate(mode)
+        if rate >= 1 or rate <= 0:
+            return rate >= 1
+        i = self._draws.get(mode, 0)
+        self._draws[mode] = i + 1
+        return int((i + 1) * rate + 1e-9) > int(i * rate + 1e-9)
 
     @property
     def load_lock(self) -> asyncio.Lock:
