@@ -141,7 +141,8 @@ class Dialect:
     def tool_call_deltas(self, calls: list[gen.ToolCall]) -> list[dict]:
         raise NotImplementedError
 
-    def first_delta(self) -> dict:
+    def first_delta(self) -> dict | None:
+        """A chunk of its own before the first token; None: the role rides on the first token."""
         return {"role": "assistant", "content": ""}
 
     def last_delta(self) -> dict:
@@ -159,6 +160,11 @@ class Dialect:
 
     async def before_generation(self, request: ChatRequest) -> None:
         """Ollama loads the model on first use."""
+
+    def tool_finish(self, request: ChatRequest) -> str:
+        # vllm/entrypoints/serve/utils/tool_calls_utils.py resolve_finish_reason: a forced
+        # named tool reports "stop", as OpenAI does.
+        return "stop" if isinstance(request.tool_choice, dict) else "tool_calls"
 
     def headers(self, request: Request) -> dict[str, str]:
         return {}
@@ -417,9 +423,7 @@ def complete(chat: ChatRequest, dialect: Dialect) -> Completion:
             )
             if mode == "call" or forced:
                 tokens = gen.count_tokens(call.arguments_json) + 3
-                # vllm/entrypoints/serve/utils/tool_calls_utils.py resolve_finish_reason: a
-                # forced named tool reports "stop", as OpenAI does.
-                finish = "stop" if isinstance(chat.tool_choice, dict) else "tool_calls"
+                finish = dialect.tool_finish(chat)
                 return Completion("", [call], [], finish, tokens, forced=forced)
             shaped = gen.shape(gen.tools_as_text([call]), chat.limits, pad=False)
             return _completion(shaped)
@@ -544,8 +548,15 @@ async def _stream(
                     chunk["choices"][0]["logprobs"] = text_logprobs([piece], chat.top_logprobs)
                 yield sse(with_usage(chunk))
     else:
-        for index in choices:
-            yield sse(with_usage(dialect.chunk(cid, chat, dialect.first_delta(), None, index)))
+        first = dialect.first_delta()
+        if first is not None:
+            for index in choices:
+                yield sse(with_usage(dialect.chunk(cid, chat, first, None, index)))
+
+        def delta_of(step: int, delta: dict) -> dict:
+            # Ollama (openai/openai.go ToStreamChunks, includeRole): the role only once.
+            return {"role": "assistant", **delta} if first is None and step == 0 else delta
+
         if completion.tool_calls:
             for step, delta in enumerate(dialect.tool_call_deltas(completion.tool_calls)):
                 if step:
@@ -553,7 +564,8 @@ async def _stream(
                 generated = completion.completion_tokens * chat.n
                 seq.emitted()
                 for index in choices:
-                    yield sse(with_usage(dialect.chunk(cid, chat, delta, None, index)))
+                    chunk = dialect.chunk(cid, chat, delta_of(step, delta), None, index)
+                    yield sse(with_usage(chunk))
         else:
             for step, piece in enumerate(completion.deltas):
                 if step:
@@ -561,7 +573,8 @@ async def _stream(
                 generated += chat.n if piece else 0
                 seq.emitted()
                 for index in choices:
-                    chunk = dialect.chunk(cid, chat, {"content": piece}, None, index)
+                    delta = delta_of(step, {"content": piece})
+                    chunk = dialect.chunk(cid, chat, delta, None, index)
                     if chat.logprobs:
                         chunk["choices"][0]["logprobs"] = {
                             "content": logprobs_content([piece], chat.top_logprobs)

@@ -74,6 +74,8 @@ class SimState:
         self.ollama_log = OllamaLog(config.quiet)
         self.stop: asyncio.Event | None = None
         self.pulled: dict[str, float] = {}
+        # Ollama: copied / created names -> the model they are (same digest and size).
+        self.aliases: dict[str, str] = {}
         self.loaded: dict[str, LoadedModel] = {}
         self._load_lock: asyncio.Lock | None = None
         self.engine = EngineModel(
@@ -121,12 +123,14 @@ class SimState:
     # Ollama models -------------------------------------------------------------------------
 
     def model_bytes(self, name: str) -> int:
+        name = self.aliases.get(normalise_tag(name), name)
         known = known_tag(name)
         if known and normalise_tag(name) == normalise_tag(self.config.model_name):
             return self.config.pull_total_bytes
         return known[1] if known else self.config.pull_total_bytes
 
     def quantization(self, name: str) -> str:
+        name = self.aliases.get(normalise_tag(name), name)
         known = known_tag(name)
         return known[0] if known else "Q4_K_M"
 
