@@ -282,7 +282,9 @@ def shape(text: str, limits: OutputLimits, pad: bool = True) -> Shaped:
                 if not cut:
                     cut = [""]
                 return Shaped(cut, "stop", best[1])
-    if limits.max_tokens is not None and len(deltas) > limits.max_tokens:
+    # The answer's EOS is one more token: an answer of exactly max_tokens tokens (or padded
+    # to it under ignore_eos) also ends on the length limit.
+    if limits.max_tokens is not None and len(deltas) >= limits.max_tokens:
         return Shaped(deltas[: limits.max_tokens], "length")
     return Shaped(deltas or [""], "stop")
 
