@@ -9,7 +9,6 @@ back from the engine's startup line).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -158,27 +157,33 @@ def test_openai_response_model_is_the_served_name_and_model_is_optional(vllm_bas
     assert no_model.json()["choices"][0]["message"]["content"] == "yes"
 
 
-def test_openai_async_and_stream(vllm_base: str) -> None:
+def test_openai_async_parse_and_stream(vllm_base: str) -> None:
     import openai
 
-    async def run() -> tuple[str, str]:
+    async def run() -> tuple[Person | None, str, list]:
         client = openai.AsyncOpenAI(base_url=vllm_base + "/v1", api_key="none", max_retries=0)
         async with client:
-            plain = await client.chat.completions.create(model=MODEL, messages=ask("What is 6*7?"))
+            parsed = await client.chat.completions.parse(
+                model=MODEL, messages=ask("Invent a person"), response_format=Person
+            )
             stream = await client.chat.completions.create(
                 model=MODEL,
                 messages=ask("Reply with 'one two three'"),
                 stream=True,
-                stream_options={"include_usage": True},
+                stream_options={"include_usage": True, "continuous_usage_stats": True},
             )
-            text = ""
+            text, chunks = "", []
             async for chunk in stream:
+                chunks.append(chunk)
                 if chunk.choices:
                     text += chunk.choices[0].delta.content or ""
-            return plain.choices[0].message.content or "", text
+            return parsed.choices[0].message.parsed, text, chunks
 
-    plain, streamed = asyncio.run(run())
-    assert plain == "42" and streamed == "one two three"
+    person, streamed, chunks = asyncio.run(run())
+    assert isinstance(person, Person) and streamed == "one two three"
+    # continuous_usage_stats: every chunk carries the usage so far; the last one the total.
+    assert all(c.usage is not None for c in chunks)
+    assert chunks[-1].usage.completion_tokens == 3 and chunks[-1].system_fingerprint
 
 
 def test_openai_tools_auto_named_required_none(oai) -> None:
@@ -224,6 +229,8 @@ def test_openai_streamed_tool_call_reassembles(oai) -> None:
         finish = choice.finish_reason or finish
     assert name == "get_weather" and json.loads(arguments) == {"city": "Rome", "unit": "celsius"}
     assert finish == "tool_calls"
+    # serving.py: the fingerprint rides on the terminal chunk (no include_usage).
+    assert chunk.system_fingerprint and chunk.system_fingerprint.startswith("vllm-0.33.0-")
 
 
 def test_openai_image(oai) -> None:
@@ -232,9 +239,11 @@ def test_openai_image(oai) -> None:
         {"type": "image_url", "image_url": {"url": png_data_url(RED_PNG)}},
     ]
     reply = oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": content}]
+        model=MODEL, messages=[{"role": "user", "content": content}], logprobs=True
     )
     assert "red" in reply.choices[0].message.content
+    tokens = reply.choices[0].logprobs.content
+    assert "".join(t.token for t in tokens) == reply.choices[0].message.content
 
 
 def test_openai_parse_with_a_pydantic_model(oai) -> None:
@@ -417,7 +426,7 @@ def test_litellm_hosted_vllm_and_json_mode(vllm_base: str) -> None:
 def test_litellm_context_window_error(vllm_base: str) -> None:
     import litellm
 
-    with pytest.raises(litellm.ContextWindowExceededError):
+    with pytest.raises(litellm.ContextWindowExceededError, match="even without any output"):
         litellm.completion(
             model=f"hosted_vllm/{MODEL}",
             api_base=vllm_base + "/v1",
@@ -495,16 +504,3 @@ def test_vllm_bench_style_completions_with_raw_http(vllm_base: str) -> None:
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[-1]["usage"]["completion_tokens"] == 32
     assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["text"]) == 32
-
-
-def test_images_as_base64_bytes_are_accepted_by_ollama_native(ollama_base: str) -> None:
-    body = {
-        "model": TAG,
-        "messages": [
-            {"role": "user", "content": "colour?", "images": [base64.b64encode(RED_PNG).decode()]}
-        ],
-        "stream": False,
-    }
-    with httpx.Client(base_url=ollama_base, trust_env=False) as http:
-        reply = http.post("/api/chat", json=body).json()
-    assert "red" in reply["message"]["content"] and reply["eval_count"] > 0

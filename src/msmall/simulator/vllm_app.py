@@ -485,13 +485,23 @@ class VllmDialect(Dialect):
         }
         if finish is not None:
             choice["stop_reason"] = None
-        return {
+        chunk = {
             "id": cid,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": self.response_model(request),
-            "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [choice],
+        }
+        # serving.py chat_completion_stream_generator: the fingerprint is stamped on terminal
+        # chunks only, and on the trailing usage chunk instead when include_usage is on.
+        if finish is not None and not request.include_usage:
+            chunk["system_fingerprint"] = SYSTEM_FINGERPRINT
+        return chunk
+
+    def usage_chunk(self, cid: str, request: ChatRequest, usage: dict) -> dict:
+        return {
+            **super().usage_chunk(cid, request, usage),
+            "system_fingerprint": SYSTEM_FINGERPRINT,
         }
 
     def text_chunk(
