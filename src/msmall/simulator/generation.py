@@ -278,6 +278,9 @@ def shape(text: str, limits: OutputLimits, pad: bool = True) -> Shaped:
         if best is not None:
             kept = joined[: best[0]]
             cut = pieces(kept)
+            trailing = kept[len("".join(cut)) :]  # whitespace before the stop string stays
+            if trailing:
+                cut = [*cut[:-1], cut[-1] + trailing] if cut else [trailing]
             if limits.max_tokens is None or len(cut) <= limits.max_tokens:
                 if not cut:
                     cut = [""]
