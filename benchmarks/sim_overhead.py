@@ -10,6 +10,12 @@ OS allows it), then measures:
 
     python benchmarks/sim_overhead.py [--flavor vllm|ollama] [-n 300] [--seconds 5] [-c 16]
 
+``--timing`` instead measures injected latency the way `vllm bench serve` does: the simulator
+runs with --ttft 0.2 --tpot 0.02; N streams at once (1, 16, 64) each ask /v1/completions for
+40 tokens with ignore_eos; TTFT = first token - request sent, TPOT = (last - first) / 39;
+reported as the median over the streams and the error against the injected values (target:
+within 1%).
+
 ``--json`` prints the raw numbers. Exit 1 when a target is missed.
 """
 
@@ -106,6 +112,79 @@ async def streamed_rps(port: int, flavor: str, model: str, seconds: float, conc:
     return done[0] / (time.monotonic() - started)
 
 
+async def _timed_stream(port: int, max_tokens: int) -> tuple[float, float, int]:
+    body = json.dumps(
+        {"model": MODEL["vllm"], "prompt": "timing", "max_tokens": max_tokens,
+         "ignore_eos": True, "stream": True}
+    ).encode()  # fmt: skip
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    stamps: list[float] = []
+    try:
+        sent = time.monotonic()
+        writer.write(head + body)
+        await writer.drain()
+        await reader.readline()
+        while True:
+            event = await reader.readuntil(b"\n\n")
+            if b"data: [DONE]" in event:
+                break
+            if b"data: {" in event and b'"text":""' not in event:
+                stamps.append(time.monotonic())
+    finally:
+        writer.close()
+    return stamps[0] - sent, (stamps[-1] - stamps[0]) / (len(stamps) - 1), len(stamps)
+
+
+def timing(args: argparse.Namespace) -> int:
+    ttft, tpot, tokens = 0.2, 0.02, 40
+    port = free_port()
+    argv = simulator_argv(
+        "--port", str(port), "--quiet", "--ttft", str(ttft), "--tpot", str(tpot),
+        "--max-num-seqs", "256",
+    )  # fmt: skip
+    rows = []
+    with EngineProcess(argv, {**os.environ, "PYTHONUNBUFFERED": "1"}) as engine:
+        # Not pinned: this measures the accuracy of the injected latency, not one core's speed.
+        assert engine.proc is not None
+        wait_ready(f"http://127.0.0.1:{port}")
+
+        async def run(conc: int) -> list[tuple[float, float, int]]:
+            await _timed_stream(port, 2)
+            return await asyncio.gather(*(_timed_stream(port, tokens) for _ in range(conc)))
+
+        for conc in (1, 16, 64):
+            results = asyncio.run(run(conc))
+            assert all(n == tokens for _, _, n in results)
+            m_ttft = statistics.median(r[0] for r in results)
+            m_tpot = statistics.median(r[1] for r in results)
+            rows.append(
+                {
+                    "concurrency": conc,
+                    "ttft_s": round(m_ttft, 4),
+                    "ttft_error_pct": round((m_ttft - ttft) / ttft * 100, 2),
+                    "tpot_s": round(m_tpot, 5),
+                    "tpot_error_pct": round((m_tpot - tpot) / tpot * 100, 2),
+                }
+            )
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"injected ttft {ttft} s, tpot {tpot} s, {tokens} tokens per request")
+        print("| streams | median TTFT (s) | error | median TPOT (s) | error |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            print(
+                f"| {r['concurrency']} | {r['ttft_s']:.4f} | {r['ttft_error_pct']:+.2f}% "
+                f"| {r['tpot_s']:.5f} | {r['tpot_error_pct']:+.2f}% |"
+            )
+    ok = all(abs(r["ttft_error_pct"]) < 1 and abs(r["tpot_error_pct"]) < 1 for r in rows)
+    return 0 if ok else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flavor", choices=("vllm", "ollama"), default="vllm")
@@ -114,7 +193,10 @@ def main() -> int:
     parser.add_argument("-c", "--concurrency", type=int, default=16)
     parser.add_argument("--core", type=int, default=0, help="CPU core for the simulator")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--timing", action="store_true", help="measure TTFT/TPOT instead")
     args = parser.parse_args()
+    if args.timing:
+        return timing(args)
 
     port = free_port()
     argv = simulator_argv("--flavor", args.flavor, "--port", str(port), "--quiet")
@@ -157,8 +239,8 @@ def main() -> int:
             f"{sys.version.split()[0]}"
         )
         print(
-            "| flavor | openai p50 (ms) | p95 (ms) | max (ms) | streamed req/s (c=%d) |"
-            % args.concurrency
+            f"| flavor | openai p50 (ms) | p95 (ms) | max (ms) "
+            f"| streamed req/s (c={args.concurrency}) |"
         )
         print("| --- | ---: | ---: | ---: | ---: |")
         print(

@@ -302,6 +302,12 @@ def test_openai_legacy_completions(oai) -> None:
     assert sum(1 for chunk in streamed if chunk.choices and chunk.choices[0].text) == 8
 
 
+def test_openai_responses_api(oai) -> None:
+    reply = oai.responses.create(model=MODEL, input="Reply with 'responses'")
+    assert reply.output_text == "responses" and reply.status == "completed"
+    assert reply.usage.output_tokens == 1
+
+
 # ollama-python ---------------------------------------------------------------------------------
 
 

@@ -336,3 +336,40 @@ def test_ollama_native_final_message_has_counts(ollama: httpx.Client) -> None:
     assert final["done"] and final["done_reason"] == "stop"
     for key in ("total_duration", "load_duration", "prompt_eval_count", "eval_count"):
         assert final[key] > 0, key
+
+
+def test_tokenize_detokenize_round_trip(vllm: httpx.Client) -> None:
+    # serve/tokenize/protocol.py TokenizeResponse / DetokenizeResponse.
+    tokens = vllm.post("/tokenize", json={"model": MODEL, "prompt": "hello simulated world"})
+    body = tokens.json()
+    assert set(body) == {"count", "max_model_len", "tokens", "token_strs"}
+    assert body["count"] == len(body["tokens"]) == 4 and body["max_model_len"] == 1000
+    back = vllm.post("/detokenize", json={"model": MODEL, "tokens": body["tokens"]}).json()
+    assert back == {"prompt": "hello simulated world"}
+    plain = vllm.post("/tokenize", content=b"prompt=hi")
+    assert plain.status_code == 400 and plain.json()["error"]["type"] == "Bad Request"
+
+
+def test_responses_messages_openapi_docs(vllm: httpx.Client) -> None:
+    resp = vllm.post("/v1/responses", json={"model": MODEL, "input": "Say 'r'"}).json()
+    assert resp["object"] == "response" and resp["status"] == "completed"
+    assert resp["output"][0]["content"][0] == {
+        "annotations": [],
+        "text": "r",
+        "type": "output_text",
+        "logprobs": None,
+    }
+    message = vllm.post(
+        "/v1/messages",
+        json={
+            "model": MODEL,
+            "max_tokens": 3,
+            "messages": [{"role": "user", "content": "Long story"}],
+        },
+    ).json()
+    assert message["type"] == "message" and message["stop_reason"] == "max_tokens"
+    assert message["usage"]["output_tokens"] == 3
+    # The simulator's startup log announces /openapi.json and /docs (FastAPI's): both answer.
+    paths = vllm.get("/openapi.json").json()["paths"]
+    assert {"/v1/chat/completions", "/v1/completions", "/tokenize"} <= set(paths)
+    assert "swagger-ui" in vllm.get("/docs").text

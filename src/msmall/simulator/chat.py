@@ -213,6 +213,28 @@ async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") ->
     return JSONResponse(dialect.response_body(cid, chat, completion), headers=headers)
 
 
+async def generate_whole(
+    body: dict[str, Any], dialect: Dialect, arrived: float | None = None
+) -> tuple[ChatRequest, Completion]:
+    """A chat body answered in full (no stream), timed by the load model: for the routes that
+    wrap chat (/v1/responses, /v1/messages). Raises ChatError / gen.RequestError."""
+    state = dialect.state
+    arrived = time.monotonic() if arrived is None else arrived
+    chat = parse_request(body, dialect)
+    dialect.check_lengths(chat)
+    await dialect.before_generation(chat)
+    completion = complete(chat, dialect)
+    state.requests_served += 1
+    state.prompt_tokens_total += chat.prompt.tokens
+    state.generation_tokens_total += completion.completion_tokens
+    seq = await state.engine.admit(chat.prompt.tokens + completion.completion_tokens, arrived)
+    try:
+        await _run_to_end(state, seq, max(1, completion.completion_tokens))
+    finally:
+        seq.finish()
+    return chat, completion
+
+
 async def _run_to_end(state: SimState, seq: Sequence, tokens: int) -> None:
     """Wait until the last token of a non-streamed answer is due."""
     engine = state.engine

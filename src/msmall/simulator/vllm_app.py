@@ -699,6 +699,9 @@ def build_vllm_app(state: SimState) -> Starlette:
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ]
+    from msmall.simulator.vllm_extra import add_routes
+
+    add_routes(routes, dialect)
     middleware = [Middleware(AccessLog, state=state)]
     if config.api_key:
         middleware.append(Middleware(ApiKeyGuard, api_key=config.api_key))
@@ -723,5 +726,9 @@ LOGGED_ROUTES = (
     ("/v1/models", "GET"),
     ("/v1/chat/completions", "POST"),
     ("/v1/completions", "POST"),
+    ("/v1/responses", "POST"),
+    ("/v1/messages", "POST"),
+    ("/tokenize", "POST"),
+    ("/detokenize", "POST"),
     ("/metrics", "GET"),
 )
