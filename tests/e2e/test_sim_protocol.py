@@ -251,14 +251,15 @@ def test_stream_deltas(vllm: httpx.Client) -> None:
     with vllm.stream("POST", "/v1/chat/completions", json=body) as reply:
         events = [json.loads(e[6:]) for e in reply.iter_lines() if e.startswith("data: {")]
     deltas = [e["choices"][0]["delta"] for e in events]
-    # serving.py: the role chunk first (content ""), then the Mistral parser's name delta
-    # (id, type, name), then argument pieces, then the finish chunk.
+    # serving.py: the role chunk first (content ""), then vllm/parser/mistral.py's (pre-v11)
+    # name delta (id, type, name), argument pieces (each with type), then the finish chunk.
     assert deltas[0] == {"role": "assistant", "content": ""}
     head = deltas[1]["tool_calls"][0]
     assert set(head) == {"index", "id", "type", "function"} and head["function"] == {
         "name": "get_weather"
     }
     pieces = [d["tool_calls"][0]["function"]["arguments"] for d in deltas[2:-1]]
+    assert all(d["tool_calls"][0]["type"] == "function" for d in deltas[1:-1])
     assert json.loads("".join(pieces)) == {"city": "Paris"}  # the default for a city
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
     assert events[-1]["system_fingerprint"].startswith("vllm-0.33.0-")
@@ -373,3 +374,16 @@ def test_responses_messages_openapi_docs(vllm: httpx.Client) -> None:
     paths = vllm.get("/openapi.json").json()["paths"]
     assert {"/v1/chat/completions", "/v1/completions", "/tokenize"} <= set(paths)
     assert "swagger-ui" in vllm.get("/docs").text
+
+
+def test_request_ids(vllm: httpx.Client) -> None:
+    # serve/engine/serving.py _base_request_id: X-Request-Id, else the body's request_id.
+    by_header = vllm.post("/v1/chat/completions", json=chat(), headers={"X-Request-Id": "abc"})
+    assert by_header.json()["id"] == "chatcmpl-abc"
+    assert "x-request-id" not in by_header.headers  # only with --enable-request-id-headers
+    by_body = vllm.post("/v1/completions", json={"model": MODEL, "prompt": "x", "request_id": "r1"})
+    assert by_body.json()["id"] == "cmpl-r1"
+    config = SimulatorConfig(port=0, quiet=True, request_id_headers=True)
+    with SimulatorThread(config) as sim, httpx.Client(base_url=sim.base_url, trust_env=False) as h:
+        assert h.get("/health", headers={"X-Request-Id": "mine"}).headers["x-request-id"] == "mine"
+        assert len(h.get("/health").headers["x-request-id"]) == 32

@@ -67,6 +67,8 @@ class ChatRequest:
     structured: Any = None
     # "chat" (/v1/chat/completions) or "text" (/v1/completions).
     kind: str = "chat"
+    # The X-Request-Id header or the body's request_id (vLLM uses it in the response id).
+    request_id: str | None = None
     body: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,8 +121,11 @@ class Dialect:
         """'call' (tool_calls), 'text' (tool call as text), or 'none' (plain answer)."""
         return "call"
 
-    def completion_id(self, kind: str = "chat") -> str:
-        return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    def completion_id(self, kind: str = "chat", chat: ChatRequest | None = None) -> str:
+        # serve/engine/serving.py _base_request_id: the X-Request-Id header, else the body's
+        # request_id, else a random uuid; chat_completion/serving.py prefixes "chatcmpl-".
+        base = chat.request_id if chat is not None and chat.request_id else uuid.uuid4().hex
+        return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{base}"
 
     def response_body(self, cid: str, request: ChatRequest, completion: Completion) -> dict:
         raise NotImplementedError
@@ -184,6 +189,8 @@ async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") ->
             raise ChatError("The request body must be a JSON object")
         dialect.check_request(request, body)
         chat = parse_request(body, dialect, kind)
+        rid = request.headers.get("x-request-id") or body.get("request_id")
+        chat.request_id = rid if isinstance(rid, str) and rid else None
         dialect.check_lengths(chat)
         await dialect.before_generation(chat)
         completion = complete(chat, dialect)
@@ -207,7 +214,7 @@ async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") ->
         await _run_to_end(state, seq, max(1, completion.completion_tokens))
     finally:
         seq.finish()
-    cid = dialect.completion_id(chat.kind)
+    cid = dialect.completion_id(chat.kind, chat)
     if chat.kind == "text":
         return JSONResponse(dialect.text_response_body(cid, chat, completion), headers=headers)
     return JSONResponse(dialect.response_body(cid, chat, completion), headers=headers)
@@ -546,7 +553,7 @@ async def _stream(
     chat: ChatRequest, completion: Completion, dialect: Dialect, seq: Sequence
 ) -> AsyncIterator[bytes]:
     state = dialect.state
-    cid = dialect.completion_id(chat.kind)
+    cid = dialect.completion_id(chat.kind, chat)
     choices = range(chat.n)
     await sleep_until(seq.first_deadline(), state.stop)
     generated = 0

@@ -115,6 +115,8 @@ class SimulatorConfig:
     # Seconds between "ready" and the exit of exit-after-ready.
     exit_after_ready_s: float = 0.5
     quiet: bool = False
+    # vLLM --enable-request-id-headers: answer with an X-Request-Id header.
+    request_id_headers: bool = False
     # Load model (engine.py): None: 256 for vLLM, 1 for Ollama.
     max_num_seqs: int | None = None
     # Above this many running sequences the time per output token grows by ``batch_slope``
@@ -267,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="inject a failure (see below); tools-as-text takes a rate, e.g. tools-as-text:0.3",
     )
     parser.add_argument(
+        "--enable-request-id-headers",
+        action="store_true",
+        help="vllm: add X-Request-Id to every response (the request's, or a new one)",
+    )
+    parser.add_argument(
         "--max-num-seqs", type=int, default=None, metavar="N", help="default 256 (ollama: 1)"
     )
     parser.add_argument(
@@ -339,6 +346,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> SimulatorConfig:
             models_dir=args.models_dir,
             quiet=args.quiet,
             max_num_seqs=args.max_num_seqs,
+            request_id_headers=args.enable_request_id_headers,
             batch_knee=args.batch_knee,
             batch_slope=args.batch_slope,
         )

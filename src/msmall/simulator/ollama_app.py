@@ -107,7 +107,7 @@ class OllamaDialect(Dialect):
             "choices": [{"text": text, "index": 0, "finish_reason": finish}],
         }
 
-    def completion_id(self, kind: str = "chat") -> str:
+    def completion_id(self, kind: str = "chat", chat: ChatRequest | None = None) -> str:
         # openai/openai.go: "chatcmpl-" / "cmpl-" + rand.Intn(999)
         return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{random.randint(0, 999)}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -525,7 +526,9 @@ class VllmDialect(Dialect):
         }
 
     def tool_call_deltas(self, calls: list[gen.ToolCall]) -> list[dict]:
-        # Mistral's streaming parser sends the name first, then the arguments in pieces.
+        # vllm/parser/mistral.py, the pre-v11 path (Mistral Small 3.1's tekken v7 tokenizer):
+        # the name first (with the 9-character id), then the arguments in pieces; every delta
+        # is a DeltaToolCall(index, type="function") made afresh, so "type" is in each one.
         deltas = []
         for index, call in enumerate(calls):
             head = {
@@ -538,7 +541,11 @@ class VllmDialect(Dialect):
             text = call.arguments_json
             step = max(1, len(text) // 4)
             for start in range(0, len(text), step):
-                piece = {"index": index, "function": {"arguments": text[start : start + step]}}
+                piece = {
+                    "index": index,
+                    "type": "function",
+                    "function": {"arguments": text[start : start + step]},
+                }
                 deltas.append({"tool_calls": [piece]})
         return deltas
 
@@ -577,6 +584,31 @@ class ApiKeyGuard:
                 await JSONResponse({"error": "Unauthorized"}, status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class XRequestId:
+    """serve/middleware/x_request_id.py XRequestIdMiddleware (--enable-request-id-headers):
+    the request's X-Request-Id echoed, or a new uuid4 hex."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id") or uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", rid)],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class AccessLog:
@@ -705,6 +737,8 @@ def build_vllm_app(state: SimState) -> Starlette:
     middleware = [Middleware(AccessLog, state=state)]
     if config.api_key:
         middleware.append(Middleware(ApiKeyGuard, api_key=config.api_key))
+    if config.request_id_headers:
+        middleware.append(Middleware(XRequestId))
     app = Starlette(
         routes=routes,
         middleware=middleware,
