@@ -54,8 +54,10 @@ FAIL_MODES: dict[str, str] = {
 # Fail modes that take a fraction of requests: "MODE:RATE", 0 < RATE <= 1 (plain MODE is 1.0).
 FRACTIONAL_FAIL_MODES = frozenset({"tools-as-text"})
 
-# vLLM's default --max-num-seqs (vllm/engine/arg_utils.py, usage context OPENAI_API_SERVER on
-# a GPU that is not an H100/H200/MI300x class card); Ollama's OLLAMA_NUM_PARALLEL default.
+# vLLM's default --max-num-seqs (vllm/engine/arg_utils.py
+# EngineArgs.get_batch_defaults: 256 on a GPU under 70 GiB or an A100, 1024 above); Ollama's
+# OLLAMA_NUM_PARALLEL default
+# (envconfig/config.go: NumParallel = Uint("OLLAMA_NUM_PARALLEL", 1)).
 DEFAULT_MAX_NUM_SEQS = {"vllm": 256, "ollama": 1}
 
 
@@ -184,7 +186,13 @@ class SimulatorConfig:
 
     @property
     def num_seqs(self) -> int:
-        return self.max_num_seqs or DEFAULT_MAX_NUM_SEQS[self.flavor]
+        if self.max_num_seqs:
+            return self.max_num_seqs
+        if self.flavor == "ollama":
+            env = os.environ.get("OLLAMA_NUM_PARALLEL", "")
+            if env.isdigit() and int(env) > 0:
+                return int(env)
+        return DEFAULT_MAX_NUM_SEQS[self.flavor]
 
     def failing(self, mode: str) -> bool:
         """Whether the mode is on at all (for a fractional mode: for some requests)."""
