@@ -387,3 +387,18 @@ def test_request_ids(vllm: httpx.Client) -> None:
     with SimulatorThread(config) as sim, httpx.Client(base_url=sim.base_url, trust_env=False) as h:
         assert h.get("/health", headers={"X-Request-Id": "mine"}).headers["x-request-id"] == "mine"
         assert len(h.get("/health").headers["x-request-id"]) == 32
+
+
+def test_fractional_tools_as_text() -> None:
+    # For issue 13's bench: "tools-as-text:0.3" answers 30% of tool-call requests with the
+    # raw "[TOOL_CALLS][...]" text (vLLM without --tool-call-parser), exactly 3 in every 10.
+    config = SimulatorConfig(port=0, quiet=True, fail=frozenset({"tools-as-text:0.3"}))
+    with SimulatorThread(config) as sim, httpx.Client(base_url=sim.base_url, trust_env=False) as h:
+        replies = [
+            h.post("/v1/chat/completions", json=chat(tools=[TOOL])).json() for _ in range(10)
+        ]
+        plain = h.post("/v1/chat/completions", json=chat()).json()
+    as_text = [r for r in replies if "tool_calls" not in r["choices"][0]["message"]]
+    assert len(as_text) == 3
+    assert all(r["choices"][0]["message"]["content"].startswith("[TOOL_CALLS][") for r in as_text)
+    assert plain["choices"][0]["message"]["content"]  # requests without tools are unaffected

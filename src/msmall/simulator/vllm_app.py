@@ -289,6 +289,12 @@ class VllmDialect(Dialect):
                 body[key] = float(body[key]) if key in _FLOAT_FIELDS else int(body[key])
             elif key in _INT_FIELDS and isinstance(body.get(key), float):
                 body[key] = int(body[key])
+        for key in _BOOL_FIELDS:
+            value = body.get(key)
+            if isinstance(value, str):
+                body[key] = value.lower() in ("1", "on", "t", "true", "y", "yes")
+            elif isinstance(value, int) and not isinstance(value, bool):
+                body[key] = bool(value)
 
     def default_model(self) -> str | None:
         # The request's model is optional (protocol.py "model: str | None = None"); serving.py
