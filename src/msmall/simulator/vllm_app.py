@@ -189,6 +189,11 @@ _INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "min_tokens", "top_k"
 _BOOL_FIELDS = ("stream", "logprobs", "ignore_eos", "echo", "skip_special_tokens")
 
 
+def _bool_fields(body: dict[str, Any]) -> tuple[str, ...]:
+    # /v1/completions' logprobs is an int (completion/protocol.py), chat's a bool.
+    return _BOOL_FIELDS if "messages" in body else tuple(f for f in _BOOL_FIELDS if f != "logprobs")
+
+
 def type_errors(body: dict[str, Any]) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
     for name in _FLOAT_FIELDS:
@@ -236,7 +241,7 @@ def type_errors(body: dict[str, Any]) -> list[dict[str, Any]]:
                 )
         elif not isinstance(value, bool):
             errors.append(_type_error("int_type", name, "Input should be a valid integer", value))
-    for name in _BOOL_FIELDS:
+    for name in _bool_fields(body):
         value = body.get(name)
         if value is None or isinstance(value, bool):
             continue
@@ -289,7 +294,7 @@ class VllmDialect(Dialect):
                 body[key] = float(body[key]) if key in _FLOAT_FIELDS else int(body[key])
             elif key in _INT_FIELDS and isinstance(body.get(key), float):
                 body[key] = int(body[key])
-        for key in _BOOL_FIELDS:
+        for key in _bool_fields(body):
             value = body.get(key)
             if isinstance(value, str):
                 body[key] = value.lower() in ("1", "on", "t", "true", "y", "yes")
