@@ -402,3 +402,24 @@ def test_fractional_tools_as_text() -> None:
     assert len(as_text) == 3
     assert all(r["choices"][0]["message"]["content"].startswith("[TOOL_CALLS][") for r in as_text)
     assert plain["choices"][0]["message"]["content"]  # requests without tools are unaffected
+
+
+def test_messages_stream_events(vllm: httpx.Client) -> None:
+    # entrypoints/anthropic/serving.py message_stream_converter's event sequence.
+    body = {
+        "model": MODEL,
+        "max_tokens": 10,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Say 'a b'"}],
+    }
+    with vllm.stream("POST", "/v1/messages", json=body) as reply:
+        names = [line[7:] for line in reply.iter_lines() if line.startswith("event: ")]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]

@@ -220,13 +220,9 @@ async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") ->
     return JSONResponse(dialect.response_body(cid, chat, completion), headers=headers)
 
 
-async def generate_whole(
-    body: dict[str, Any], dialect: Dialect, arrived: float | None = None
-) -> tuple[ChatRequest, Completion]:
-    """A chat body answered in full (no stream), timed by the load model: for the routes that
-    wrap chat (/v1/responses, /v1/messages). Raises ChatError / gen.RequestError."""
+async def prepare(body: dict[str, Any], dialect: Dialect) -> tuple[ChatRequest, Completion]:
+    """Parse, check and plan the answer to a chat body (counted as served)."""
     state = dialect.state
-    arrived = time.monotonic() if arrived is None else arrived
     chat = parse_request(body, dialect)
     dialect.check_lengths(chat)
     await dialect.before_generation(chat)
@@ -234,6 +230,33 @@ async def generate_whole(
     state.requests_served += 1
     state.prompt_tokens_total += chat.prompt.tokens
     state.generation_tokens_total += completion.completion_tokens
+    return chat, completion
+
+
+async def stream_tokens(
+    state: SimState, chat: ChatRequest, completion: Completion, arrived: float
+) -> AsyncIterator[str]:
+    """The answer's tokens, each when it is due (for the routes that wrap chat)."""
+    seq = await state.engine.admit(chat.prompt.tokens + completion.completion_tokens, arrived)
+    try:
+        await sleep_until(seq.first_deadline(), state.stop)
+        for step, piece in enumerate(completion.deltas):
+            if step:
+                await sleep_until(seq.next_deadline(), state.stop)
+            seq.emitted()
+            yield piece
+    finally:
+        seq.finish()
+
+
+async def generate_whole(
+    body: dict[str, Any], dialect: Dialect, arrived: float | None = None
+) -> tuple[ChatRequest, Completion]:
+    """A chat body answered in full (no stream), timed by the load model: for the routes that
+    wrap chat (/v1/responses, /v1/messages). Raises ChatError / gen.RequestError."""
+    state = dialect.state
+    arrived = time.monotonic() if arrived is None else arrived
+    chat, completion = await prepare(body, dialect)
     seq = await state.engine.admit(chat.prompt.tokens + completion.completion_tokens, arrived)
     try:
         await _run_to_end(state, seq, max(1, completion.completion_tokens))

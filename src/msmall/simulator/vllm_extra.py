@@ -6,7 +6,8 @@ DetokenizeResponse), entrypoints/openai/responses/protocol.py (ResponsesResponse
 entrypoints/anthropic/ (AnthropicMessagesResponse), FastAPI's /openapi.json and /docs that
 vLLM's app keeps (api_server.py build_app).
 
-Responses and Messages are answered whole (stream: false); a streamed request gets 400.
+/v1/messages also streams (Anthropic's SSE events); /v1/responses is answered whole
+(stream: true gets 400).
 """
 
 from __future__ import annotations
@@ -17,12 +18,22 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from msmall.simulator import generation as gen
-from msmall.simulator.chat import ChatError, generate_whole
+from msmall.simulator.chat import (
+    ChatError,
+    ChatRequest,
+    Completion,
+    generate_whole,
+    prepare,
+    stream_tokens,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from msmall.simulator.state import SimState
     from msmall.simulator.vllm_app import VllmDialect
 
 
@@ -209,8 +220,6 @@ def add_routes(routes: list, dialect: VllmDialect) -> None:
     async def messages_route(request: Request) -> Response:
         arrived = time.monotonic()
         body = await _body(request, dialect)
-        if body.get("stream"):
-            raise ChatError("The simulator answers /v1/messages with stream: false only.")
         messages = []
         system = body.get("system")
         if system:
@@ -230,10 +239,14 @@ def add_routes(routes: list, dialect: VllmDialect) -> None:
         }
         if body.get("stop_sequences"):
             chat_body["stop"] = body["stop_sequences"]
+        if body.get("stream"):
+            chat, completion = await prepare(chat_body, dialect)
+            return StreamingResponse(
+                _anthropic_events(state, dialect, chat, completion, arrived),
+                media_type="text/event-stream",
+            )
         chat, completion = await generate_whole(chat_body, dialect, arrived)
-        stop_reason = {"length": "max_tokens"}.get(completion.finish_reason, "end_turn")
-        if completion.stop_reason is not None:
-            stop_reason = "stop_sequence"
+        stop_reason, _ = _anthropic_stop(completion)
         return JSONResponse(
             {
                 "id": f"msg_{uuid.uuid4().hex}",
@@ -302,3 +315,76 @@ def _text_of(content: Any) -> str:
             if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text")
         )
     return ""
+
+
+def _event(name: str, payload: dict[str, Any]) -> bytes:
+    # entrypoints/anthropic/serving.py wrap_data_with_event.
+    return f"event: {name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+def _anthropic_stop(completion: Completion) -> tuple[str, str | None]:
+    if completion.stop_reason is not None:
+        return "stop_sequence", completion.stop_reason
+    return ("max_tokens" if completion.finish_reason == "length" else "end_turn"), None
+
+
+async def _anthropic_events(
+    state: SimState,
+    dialect: VllmDialect,
+    chat: ChatRequest,
+    completion: Completion,
+    arrived: float,
+) -> AsyncIterator[bytes]:
+    """entrypoints/anthropic/serving.py message_stream_converter: message_start,
+    content_block_start, content_block_delta (text_delta) per token, content_block_stop,
+    message_delta (stop_reason, usage), message_stop."""
+    usage = {"input_tokens": chat.prompt.tokens, "output_tokens": 0}
+    yield _event(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": f"msg_{uuid.uuid4().hex}",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": dialect.response_model(chat),
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": usage,
+            },
+        },
+    )
+    started = False
+    async for piece in stream_tokens(state, chat, completion, arrived):
+        if not started:
+            started = True
+            yield _event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+        if piece:
+            yield _event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece},
+                },
+            )
+    if started:
+        yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    reason, sequence = _anthropic_stop(completion)
+    yield _event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": reason, "stop_sequence": sequence},
+            "usage": {**usage, "output_tokens": completion.completion_tokens},
+        },
+    )
+    yield _event("message_stop", {"type": "message_stop"})
