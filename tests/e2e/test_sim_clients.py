@@ -306,6 +306,13 @@ def test_openai_responses_api(oai) -> None:
     reply = oai.responses.create(model=MODEL, input="Reply with 'responses'")
     assert reply.output_text == "responses" and reply.status == "completed"
     assert reply.usage.output_tokens == 1
+    text, final = "", None
+    for event in oai.responses.create(model=MODEL, input="Say 'a b c'", stream=True):
+        if event.type == "response.output_text.delta":
+            text += event.delta
+        if event.type == "response.completed":
+            final = event.response
+    assert text == "a b c" and final is not None and final.output_text == "a b c"
 
 
 # ollama-python ---------------------------------------------------------------------------------

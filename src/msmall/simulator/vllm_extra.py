@@ -6,8 +6,8 @@ DetokenizeResponse), entrypoints/openai/responses/protocol.py (ResponsesResponse
 entrypoints/anthropic/ (AnthropicMessagesResponse), FastAPI's /openapi.json and /docs that
 vLLM's app keeps (api_server.py build_app).
 
-/v1/messages also streams (Anthropic's SSE events); /v1/responses is answered whole
-(stream: true gets 400).
+Both /v1/responses and /v1/messages also stream (their own SSE event sequences). Tools are
+not modelled on either.
 """
 
 from __future__ import annotations
@@ -137,8 +137,6 @@ def add_routes(routes: list, dialect: VllmDialect) -> None:
     async def responses(request: Request) -> Response:
         arrived = time.monotonic()
         body = await _body(request, dialect)
-        if body.get("stream"):
-            raise ChatError("The simulator answers /v1/responses with stream: false only.")
         messages = []
         if isinstance(body.get("instructions"), str):
             messages.append({"role": "system", "content": body["instructions"]})
@@ -163,59 +161,14 @@ def add_routes(routes: list, dialect: VllmDialect) -> None:
             chat_body["response_format"] = {"type": "json_schema", "json_schema": text_format}
         elif isinstance(text_format, dict) and text_format.get("type") == "json_object":
             chat_body["response_format"] = {"type": "json_object"}
+        if body.get("stream"):
+            chat, completion = await prepare(chat_body, dialect)
+            return StreamingResponse(
+                _responses_events(state, dialect, body, chat, completion, arrived),
+                media_type="text/event-stream",
+            )
         chat, completion = await generate_whole(chat_body, dialect, arrived)
-        now = int(time.time())
-        status = "incomplete" if completion.finish_reason == "length" else "completed"
-        return JSONResponse(
-            {
-                "id": f"resp_{uuid.uuid4().hex}",
-                "created_at": now,
-                "incomplete_details": {"reason": "max_output_tokens"}
-                if status == "incomplete"
-                else None,
-                "instructions": body.get("instructions"),
-                "metadata": body.get("metadata"),
-                "model": dialect.response_model(chat),
-                "object": "response",
-                "output": [
-                    {
-                        "id": f"msg_{uuid.uuid4().hex}",
-                        "content": [
-                            {
-                                "annotations": [],
-                                "text": completion.text,
-                                "type": "output_text",
-                                "logprobs": None,
-                            }
-                        ],
-                        "role": "assistant",
-                        "status": "completed",
-                        "type": "message",
-                    }
-                ],
-                "parallel_tool_calls": True,
-                "temperature": body.get("temperature", 1.0),
-                "tool_choice": body.get("tool_choice", "auto"),
-                "tools": body.get("tools") or [],
-                "top_p": body.get("top_p", 1.0),
-                "background": False,
-                "max_output_tokens": body.get("max_output_tokens"),
-                "previous_response_id": None,
-                "reasoning": None,
-                "service_tier": "auto",
-                "status": status,
-                "text": None,
-                "truncation": "disabled",
-                "usage": {
-                    "input_tokens": chat.prompt.tokens,
-                    "input_tokens_details": {"cached_tokens": 0},
-                    "output_tokens": completion.completion_tokens,
-                    "output_tokens_details": {"reasoning_tokens": 0},
-                    "total_tokens": chat.prompt.tokens + completion.completion_tokens,
-                },
-                "user": None,
-            }
-        )
+        return JSONResponse(_response_object(dialect, body, chat, completion, "completed"))
 
     async def messages_route(request: Request) -> Response:
         arrived = time.monotonic()
@@ -388,3 +341,144 @@ async def _anthropic_events(
         },
     )
     yield _event("message_stop", {"type": "message_stop"})
+
+
+def _response_object(
+    dialect: VllmDialect,
+    body: dict[str, Any],
+    chat: ChatRequest,
+    completion: Completion | None,
+    status: str,
+    rid: str | None = None,
+    item_id: str | None = None,
+) -> dict[str, Any]:
+    """responses/protocol.py ResponsesResponse; ``completion`` None: not generated yet."""
+    if completion is not None and status == "completed" and completion.finish_reason == "length":
+        status = "incomplete"
+    output = []
+    if completion is not None:
+        output.append(
+            {
+                "id": item_id or f"msg_{uuid.uuid4().hex}",
+                "content": [
+                    {
+                        "annotations": [],
+                        "text": completion.text,
+                        "type": "output_text",
+                        "logprobs": None,
+                    }
+                ],
+                "role": "assistant",
+                "status": "completed",
+                "type": "message",
+            }
+        )
+    out_tokens = completion.completion_tokens if completion is not None else 0
+    return {
+        "id": rid or f"resp_{uuid.uuid4().hex}",
+        "created_at": int(time.time()),
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": body.get("instructions"),
+        "metadata": body.get("metadata"),
+        "model": dialect.response_model(chat),
+        "object": "response",
+        "output": output,
+        "parallel_tool_calls": True,
+        "temperature": body.get("temperature", 1.0),
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": body.get("top_p", 1.0),
+        "background": False,
+        "max_output_tokens": body.get("max_output_tokens"),
+        "previous_response_id": None,
+        "reasoning": None,
+        "service_tier": "auto",
+        "status": status,
+        "text": None,
+        "truncation": "disabled",
+        "usage": None
+        if completion is None
+        else {
+            "input_tokens": chat.prompt.tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": out_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": chat.prompt.tokens + out_tokens,
+        },
+        "user": None,
+    }
+
+
+async def _responses_events(
+    state: SimState,
+    dialect: VllmDialect,
+    body: dict[str, Any],
+    chat: ChatRequest,
+    completion: Completion,
+    arrived: float,
+) -> AsyncIterator[bytes]:
+    """responses/serving.py responses_stream_generator + streaming_events.py: created,
+    in_progress, output_item.added, content_part.added, output_text.delta per token,
+    output_text.done, content_part.done, output_item.done, completed (or incomplete); each
+    with a rising sequence_number; SSE "event: TYPE" lines (responses/api_router.py)."""
+    rid, item_id = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
+    number = 0
+
+    def event(payload: dict[str, Any]) -> bytes:
+        nonlocal number
+        payload = {**payload, "sequence_number": number}
+        number += 1
+        data = json.dumps(payload, separators=(",", ":"))
+        return f"event: {payload['type']}\ndata: {data}\n\n".encode()
+
+    pending = _response_object(dialect, body, chat, None, "in_progress", rid)
+    yield event({"type": "response.created", "response": pending})
+    yield event({"type": "response.in_progress", "response": pending})
+    place = {"output_index": 0, "item_id": item_id}
+    started = False
+    async for piece in stream_tokens(state, chat, completion, arrived):
+        if not started:
+            started = True
+            yield event(
+                {
+                    "type": "response.output_item.added",
+                    "output_index": 0,
+                    "item": {"id": item_id, "type": "message", "role": "assistant",
+                             "content": [], "status": "in_progress"},
+                }
+            )  # fmt: skip
+            yield event(
+                {
+                    "type": "response.content_part.added",
+                    **place,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+                }
+            )
+        if piece:
+            yield event(
+                {
+                    "type": "response.output_text.delta",
+                    **place,
+                    "content_index": 0,
+                    "delta": piece,
+                    "logprobs": [],
+                }
+            )
+    part = {"type": "output_text", "text": completion.text, "annotations": []}
+    yield event(
+        {"type": "response.output_text.done", **place, "content_index": 0,
+         "text": completion.text, "logprobs": []}
+    )  # fmt: skip
+    yield event({"type": "response.content_part.done", **place, "content_index": 0, "part": part})
+    yield event(
+        {
+            "type": "response.output_item.done",
+            "output_index": 0,
+            "item": {"id": item_id, "type": "message", "role": "assistant", "content": [part],
+                     "status": "completed"},
+        }
+    )  # fmt: skip
+    final = _response_object(dialect, body, chat, completion, "completed", rid, item_id)
+    kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
+    yield event({"type": kind, "response": final})
