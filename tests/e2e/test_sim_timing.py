@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_sim_clients import MODEL, start_sim
 
 from msmall.simulator.harness import EngineProcess
+from test_sim_clients import MODEL, start_sim
 
 TTFT, TPOT, TOKENS = 0.2, 0.02, 40
 
