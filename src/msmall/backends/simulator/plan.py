@@ -25,6 +25,8 @@ def plan_simulator(profile: Profile, options: PlanOptions, engine: Engine) -> La
     ]  # fmt: skip
     if sv.max_model_len != "auto":
         argv += ["--max-model-len", str(sv.max_model_len)]
+    # The simulator's scheduler runs as many sequences at once as the profile's engine would.
+    argv += ["--max-num-seqs", str(sv.max_num_seqs)]
     if not sv.vision:
         argv.append("--no-vision")
     # For the simulator, extra_args are its own knobs (--startup-delay, --fail ...).
