@@ -34,6 +34,9 @@ class ContainerSpec(BaseModel):
     gpu_count: int = -1  # -1 = all GPUs
     gpu_device_ids: list[str] | None = None
     ipc_mode: str = "host"
+    # An init process as PID 1 (docker run --init): the kernel ignores SIGTERM for a PID 1 with no
+    # handler, so without it `docker stop` during vLLM's imports waits out the timeout and kills.
+    init: bool = True
     labels: dict[str, str] = Field(default_factory=dict)
 
 
@@ -162,6 +165,8 @@ def docker_run_argv(spec: ContainerSpec) -> list[str]:
     else:
         args += ["--gpus", "all" if spec.gpu_count == -1 else str(spec.gpu_count)]
     args.append(f"--ipc={spec.ipc_mode}")
+    if spec.init:
+        args.append("--init")
     for cport, (host, hport) in spec.ports.items():
         args += ["-p", f"{host}:{hport}:{cport.split('/')[0]}"]
     for host_path, vol in spec.volumes.items():

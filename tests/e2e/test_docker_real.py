@@ -282,6 +282,7 @@ def test_the_container_as_docker_inspect_shows_it(
         assert attrs["State"]["Running"] is True
         # --ipc=host: the container shares the host's IPC namespace (and so its /dev/shm).
         assert host_config["IpcMode"] == "host"
+        assert host_config["Init"] is True  # docker run --init: signals reach the engine
         assert ipc_ns == os.readlink("/proc/self/ns/ipc")
         # Published on 127.0.0.1 only: the daemon's other host address does not answer.
         assert attrs["NetworkSettings"]["Ports"] == {
@@ -350,10 +351,9 @@ def test_ctrl_c_stops_and_removes_the_container(
     lp = live(serve_args("h100-bf16-vision", free_port, *extra), env)
     if when == "loading":
         lp.wait_for("waiting for", WAIT_S)
-        # Once the engine logs, its SIGTERM handler is in place. Before that the container's
-        # PID 1 (`vllm serve`, no init, as in the real image) ignores SIGTERM, and docker stop
-        # waits out the 15 s grace before SIGKILL (exit 137): see the issue-11 notes.
-        lp.wait_for("engine: ", WAIT_S)
+        # Right after the start, before the engine has a SIGTERM handler: with msmall's --init
+        # (tini as PID 1) SIGTERM still reaches it; without, a PID 1 with no handler ignores it
+        # and docker stop waits out the 15 s grace before SIGKILL (exit 137).
         wait_until(
             lambda: [c for c in containers(dockerd) if c.status == "running"], "container runs"
         )

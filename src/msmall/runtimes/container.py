@@ -266,6 +266,7 @@ def create_container(cli: docker.DockerClient, plan: LaunchPlan):
         volumes=spec.volumes,
         device_requests=_device_requests(plan),
         ipc_mode=spec.ipc_mode,
+        init=spec.init,
         labels=spec.labels,
         detach=True,
     )
