@@ -413,7 +413,13 @@ def nvml_library_present() -> bool:
     if sys.platform != "linux" or "pynvml" in sys.modules:
         return True
     dirs = [*os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep), *_ld_conf_dirs()]
-    return any(any(Path(d).glob("libnvidia-ml.so*")) for d in [*dirs, *_NVML_LIB_DIRS] if d)
+    # The names pynvml loads; a stat each is cheaper than listing /usr/lib.
+    return any(
+        os.path.exists(os.path.join(d, name))
+        for d in [*dirs, *_NVML_LIB_DIRS]
+        if d
+        for name in ("libnvidia-ml.so.1", "libnvidia-ml.so")
+    )
 
 
 def _read_gpus(source: str) -> tuple[list[GpuInfo], str | None, str | None, GpuSource, str | None]:
