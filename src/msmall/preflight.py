@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from msmall import backends, hardware
 from msmall.errors import ConfigError, EnvironmentProblem
-from msmall.fit import PRECISION_BITS, FitReport, simulator_report, verdict_rank
 from msmall.profiles import Profile
 from msmall.progress import NullReporter, Reporter
 
 if TYPE_CHECKING:
+    from msmall.fit import FitReport
     from msmall.hardware import Inventory
     from msmall.plan import LaunchPlan
 
@@ -79,6 +79,8 @@ def check_fit(
         raise ConfigError("free_mib must list the same GPUs as gpu_memory_mib")
     engine, _ = backends.resolve(backend)
     if engine.fit is None:
+        from msmall.fit import simulator_report
+
         return simulator_report(profile, backend)
     report = engine.fit(profile, gpu_memory_mib, free_mib, backend)
     if report.verdict == "does_not_fit" and report.max_context == 0 and alternatives is not None:
@@ -111,6 +113,8 @@ def recommend(profiles: Iterable[Profile], gpu_memory_mib: Sequence[int]) -> str
     Profiles for the simulator (or for no GPU) and loading errors in the list are skipped.
     Ties go to "fits" over "tight", then to fewer GPUs, then to the first name.
     """
+    from msmall import fit
+
     best: tuple[Any, ...] | None = None
     name = None
     for prof in sorted((p for p in profiles if isinstance(p, Profile)), key=lambda p: p.name):
@@ -124,9 +128,9 @@ def recommend(profiles: Iterable[Profile], gpu_memory_mib: Sequence[int]) -> str
             continue
         key = (
             prof.serving.vision,
-            PRECISION_BITS[report.weights],
+            fit.PRECISION_BITS[report.weights],
             report.requested_context,
-            verdict_rank(report.verdict),
+            fit.verdict_rank(report.verdict),
             report.max_context,
             -need,
         )
