@@ -15,9 +15,9 @@ import time
 import httpx
 import psutil
 import pytest
+from test_serve_e2e import assert_nothing_left
 
 from conftest import msmall_cmd
-from test_serve_e2e import assert_nothing_left
 
 
 @pytest.fixture
