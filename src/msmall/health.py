@@ -383,7 +383,7 @@ def check_vision(client: httpx.Client, model: str) -> CheckResult:
                     },
                 ],
                 "temperature": RECOMMENDED_TEMPERATURE,
-                "max_tokens": 8,
+                "max_tokens": 32,  # room for "The image is ... mostly red." from chatty servers
             },
         )
         if resp.status_code != 200:
