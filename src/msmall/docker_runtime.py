@@ -20,7 +20,7 @@ from msmall.errors import (
     EnvironmentProblem,
     Interrupted,
 )
-from msmall.plan import LaunchPlan, redact_text
+from msmall.plan import LaunchPlan, redact_text, secret_values
 
 if TYPE_CHECKING:
     import docker
@@ -351,7 +351,9 @@ def serve_docker(plan: LaunchPlan, request, reporter) -> dict[str, Any]:
     from msmall.supervisor import ensure_port_free, fresh_log, pid_alive
 
     assert plan.container is not None and plan.image is not None
-    secrets = [plan.api_key, plan.container.environment.get("HF_TOKEN")]
+    secrets: list[str | None] = list(
+        secret_values(plan.container.command, plan.container.environment, None, plan.api_key)
+    )
     existing = state.load(plan.deployment)
     if existing and existing.pid is not None and pid_alive(existing.pid, existing.pid_create_time):
         raise ConfigError(

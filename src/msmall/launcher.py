@@ -7,6 +7,7 @@ pipeline runs under a live terminal view, plain stderr lines, or a test recorder
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ from msmall.errors import (
     Interrupted,
     MsmallError,
 )
-from msmall.plan import LaunchPlan, redact_text
+from msmall.plan import LaunchPlan, redact_text, secret_values
 from msmall.profiles import Profile, load_profile, parse_set
 
 TAIL_LINES = 20
@@ -258,7 +259,8 @@ def serve(request: ServeRequest, reporter: Reporter | None = None) -> dict[str, 
 def _serve_process(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> dict[str, Any]:
     from msmall import health, state, supervisor
 
-    secrets = [plan.api_key]
+    # Everything the engine could print: the key, secret flags, secret env (the plan's and ours).
+    secrets: list[str | None] = list(secret_values(plan.argv, plan.env, os.environ, plan.api_key))
     host, port = _host_port(plan)
     log_path = state.log_path_for(plan.deployment)
     existing = state.load(plan.deployment)

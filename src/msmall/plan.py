@@ -7,6 +7,7 @@ what is run. Secret values live only in memory: every rendering here redacts the
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -112,6 +113,31 @@ def redact_text(text: str, secrets: list[str | None]) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, REDACTED)
     return text
+
+
+def secret_values(
+    argv: list[str],
+    env: dict[str, str],
+    inherited: Mapping[str, str] | None = None,
+    *extra: str | None,
+) -> list[str]:
+    """Every secret value an engine started with `argv`/`env` could print into its log.
+
+    The inherited environment counts too: the engine sees HF_TOKEN from the user's shell even
+    when the plan never names it.
+    """
+    values: list[str | None] = list(extra)
+    for source in (inherited or {}, env):
+        values += [v for k, v in source.items() if k in SECRET_ENV]
+    for i, item in enumerate(argv):
+        flag, eq, value = item.partition("=")
+        if flag in SECRET_FLAGS:
+            values.append(value if eq else (argv[i + 1] if i + 1 < len(argv) else None))
+    seen: list[str] = []
+    for v in values:
+        if v and v not in seen:
+            seen.append(v)
+    return seen
 
 
 def _group_flags(argv: list[str]) -> list[list[str]]:
