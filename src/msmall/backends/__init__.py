@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from msmall.errors import ConfigError
 from msmall.plan import LaunchPlan
@@ -89,9 +89,41 @@ def common_fields(profile: Profile, options: PlanOptions, ep: Endpoint) -> dict:
     }
 
 
+def profile_api_key(profile: Profile) -> str | None:
+    """The key a profile hands vLLM itself: the last --api-key in extra_args, else VLLM_API_KEY.
+
+    vLLM takes `args.api_key or envs.VLLM_API_KEY` (vllm/entrypoints/openai/api_server.py,
+    build_app), and argparse keeps the last of repeated flags.
+    """
+    key = None
+    args = profile.serving.extra_args
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag in ("--api-key", "--api_key"):
+            key = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return key or profile.serving.env.get("VLLM_API_KEY") or None
+
+
+def _options_with_profile_key(profile: Profile, options: PlanOptions) -> PlanOptions:
+    # The endpoint demands the profile's key: readiness and smoke checks must send that one.
+    key = profile_api_key(profile)
+    if key is None or key == options.api_key:
+        return options
+    if options.api_key is not None and any(
+        a.partition("=")[0] in ("--api-key", "--api_key") for a in profile.serving.extra_args
+    ):
+        raise ConfigError(
+            "two API keys: --api-key (or MSMALL_API_KEY) and --api-key in the profile's extra_args",
+            "Keep one: drop --api-key from serving.extra_args, or from the command line.",
+        )
+    return options if options.api_key is not None else replace(options, api_key=key)
+
+
 def build_plan(profile: Profile, options: PlanOptions | None = None) -> LaunchPlan:
     options = options or PlanOptions()
     backend = resolve_backend(profile, options)
+    if backend in ("vllm", "docker"):
+        options = _options_with_profile_key(profile, options)
     if options.port is not None and not 1 <= options.port <= 65535:
         raise ConfigError(
             f"--port {options.port} is not a TCP port", "Choose a port between 1 and 65535."
