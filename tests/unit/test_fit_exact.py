@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from msmall.backends import PlanOptions, build_plan
+from msmall.doctor import preflight  # moves to msmall.preflight (issue 8)
 from msmall.errors import EnvironmentProblem
 from msmall.fit import check_fit, recommend
 from msmall.hardware import GpuInfo, Inventory
-from msmall.doctor import preflight  # moves to msmall.preflight (issue 8)
 from msmall.profiles import load_profile, parse_set
 
 GiB = 2**30
