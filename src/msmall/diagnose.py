@@ -365,7 +365,7 @@ def _unknown_argument(m: re.Match[str], ctx: _Ctx) -> _Found:
 def _invalid_argument(m: re.Match[str], ctx: _Ctx) -> _Found:
     flag, why = m["flag"], m["why"].strip()
     return _Found(
-        f"vLLM rejected the value of {flag}: {why}",
+        f"vLLM rejected the value of {flag}: {why.rstrip('.')}.",
         f"Check the profile setting behind {flag} (`msmall serve --dry-run` prints the command), "
         "or pass `--vllm-version X.Y.Z` so msmall writes what the installed vLLM accepts.",
         {"flag": flag},
