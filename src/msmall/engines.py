@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 from msmall.errors import ConfigError
 
@@ -101,16 +102,22 @@ def docker_image_tag(version: str, driver_major: int | None = None) -> str:
 
 
 def installed_vllm_version(timeout_s: float = 60.0) -> str | None:
-    """The vllm on PATH, if any. `vllm --version` imports torch, hence the generous timeout."""
+    """The vllm on PATH, if any. `vllm --version` imports torch, hence the generous timeout.
+
+    The package metadata of this interpreter answers instantly, but only for the `vllm` that
+    msmall will really start: the one on PATH may belong to another environment.
+    """
+    import sys
     from importlib import metadata
 
-    try:
-        return metadata.version("vllm")
-    except metadata.PackageNotFoundError:
-        pass
     exe = shutil.which("vllm")
     if exe is None:
         return None
+    if Path(exe).resolve().parent == (Path(sys.prefix) / "bin").resolve():
+        try:
+            return metadata.version("vllm")
+        except metadata.PackageNotFoundError:
+            pass
     try:
         out = subprocess.run(
             [exe, "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
