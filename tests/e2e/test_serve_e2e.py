@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import select
 import signal
 import subprocess
 import threading
@@ -368,7 +369,11 @@ def test_live_view_on_a_terminal(free_port: int) -> None:
     output = b""
     deadline = time.monotonic() + WAIT_S
     try:
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0:
+            # A bounded wait: a hung child must fail the test, not block os.read for ever.
+            ready, _, _ = select.select([leader], [], [], min(left, 1.0))
+            if not ready:
+                continue
             try:
                 chunk = os.read(leader, 65536)
             except OSError:  # EIO: the child closed the terminal
