@@ -27,7 +27,8 @@ class LiveServe:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -40,7 +41,9 @@ class LiveServe:
             try:
                 line = self.lines.get(timeout=0.1)
             except queue.Empty:
-                if self.proc.poll() is not None and self.lines.empty():
+                # Done only when the reader has hit EOF too: the process can exit while lines
+                # are still in the pipe.
+                if not self._reader.is_alive() and self.lines.empty():
                     break
                 continue
             self.seen.append(line)
@@ -50,11 +53,12 @@ class LiveServe:
 
     def finish(self, timeout: float = WAIT_S) -> int:
         code = self.proc.wait(timeout=timeout)
-        # The reader thread drains the pipe up to EOF, which follows the exit closely.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        # EOF follows the exit (unless a grandchild still holds the pipe): wait for the reader,
+        # bounded, then take everything it read.
+        self._reader.join(timeout=10)
+        while True:
             try:
-                self.seen.append(self.lines.get(timeout=0.1))
+                self.seen.append(self.lines.get_nowait())
             except queue.Empty:
                 break
         return code

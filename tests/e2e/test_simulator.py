@@ -21,7 +21,7 @@ import openai
 import pytest
 from starlette.applications import Starlette
 
-from conftest import DATA_DIR, SECRET_VARS
+from conftest import DATA_DIR, SECRET_VARS, pick_port
 from msmall.simulator import FAIL_MODES, SimulatorConfig, SimulatorThread, build_app
 from msmall.simulator.config import ConfigError, config_from_args, parse_ollama_host
 from msmall.simulator.generation import build_arguments
@@ -53,12 +53,6 @@ WEATHER_TOOL = {
         },
     },
 }
-
-
-def pick_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(home: Path) -> dict[str, str]:
