@@ -92,6 +92,22 @@ def fakes_on_path(monkeypatch: pytest.MonkeyPatch) -> Path:
     return FAKES_DIR
 
 
+# Sets SIGINT's disposition, then execs the rest of argv: a disposition survives exec, so the
+# program starts the way a shell job or CI runner would start it, whatever pytest inherited.
+_WITH_SIGINT = (
+    "import os, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == 'ignored' else signal.SIG_DFL); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+SIGINT_DISPOSITIONS = ("default", "ignored")
+
+
+def with_sigint(argv: list[str], disposition: str = "default") -> list[str]:
+    """argv that runs `argv` with SIGINT at its default disposition or ignored."""
+    assert disposition in SIGINT_DISPOSITIONS
+    return [sys.executable, "-c", _WITH_SIGINT, disposition, *argv]
+
+
 def msmall_cmd(*args: str) -> list[str]:
     """argv that runs the msmall CLI in a real subprocess."""
     return [sys.executable, "-m", "msmall", *args]

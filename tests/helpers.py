@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from conftest import msmall_cmd
+from conftest import msmall_cmd, with_sigint
 
 WAIT_S = 30.0
 
@@ -21,10 +21,15 @@ WAIT_S = 30.0
 class LiveServe:
     """A running `msmall serve` subprocess whose stderr lines we can wait for."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, sigint: str = "default"
+    ) -> None:
+        # The SIGINT disposition is set explicitly, so results never depend on how pytest was
+        # started (with SIGINT ignored as a background job, msmall would inherit that).
         self.proc = subprocess.Popen(
-            msmall_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
+            with_sigint(msmall_cmd(*args), sigint),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
