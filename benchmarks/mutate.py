@@ -256,19 +256,35 @@ def run_tests(
         "-p", "no:randomly", *extra, *tests,
     ]  # fmt: skip
     start = time.monotonic()
+    # Its own process group, so a timeout (or our own end) can stop everything the tests
+    # started, servers included, not just pytest.
+    proc = subprocess.Popen(
+        argv,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            argv,
-            cwd=workdir,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=timeout,
-            start_new_session=True,
-        )
+        code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _kill_group(proc)
         return "timeout", time.monotonic() - start
-    return ("survived" if proc.returncode == 0 else "killed"), time.monotonic() - start
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return ("survived" if code == 0 else "killed"), time.monotonic() - start
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rev", help="mutate the tree of this git commit instead of the work tree")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression for every run")
     args = parser.parse_args(argv)
+    import signal
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
 
     module = Path(args.module).resolve()
     rel = module.relative_to(REPO_ROOT)
