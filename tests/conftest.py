@@ -67,7 +67,8 @@ def pick_port() -> int:
     width = max((low - floor) // 16, 64)
     start = floor + (index % 16) * width
     candidates = list(range(start, min(start + width, low)))
-    random.shuffle(candidates)
+    # Not the global generator: pytest-randomly reseeds it the same way for every test.
+    random.SystemRandom().shuffle(candidates)
     for port in candidates:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
