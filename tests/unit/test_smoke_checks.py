@@ -17,6 +17,7 @@ import pytest
 from helpers import ScriptedServer, chat_body, delta, models_body, sse
 from msmall.errors import EndpointUnhealthy
 from msmall.health import (
+    SQUARE_COLOUR,
     TOOL_FIX,
     check_chat,
     check_stream,
@@ -25,6 +26,7 @@ from msmall.health import (
     first_model,
     smoke,
 )
+from msmall.simulator.images import inspect_image
 
 MODEL = "mistral-small-3.1"
 CHAT = ("POST", "/v1/chat/completions")
@@ -69,7 +71,9 @@ def test_chat(server: ScriptedServer, reply, ok: bool, detail: str) -> None:
     result = _run(server, check_chat, reply)
     assert (result.name, result.ok) == ("chat", ok)
     assert detail in result.detail
-    assert result.latency_ms >= 0
+    # A real round trip over HTTP, measured, even when the answer was malformed.
+    assert 0 < result.latency_ms < 10_000
+    assert result.latency_ms == round(result.latency_ms, 1)
 
 
 STREAM_CASES = [
@@ -177,7 +181,11 @@ def test_vision_sends_a_real_png(server: ScriptedServer) -> None:
     parts = server.requests[-1][2]["messages"][-1]["content"]
     url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
     assert url.startswith("data:image/png;base64,")
-    assert base64.b64decode(url.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    png = base64.b64decode(url.split(",", 1)[1])
+    # Decoded by the simulator's PNG reader: a 56 px picture whose mean colour is the square's,
+    # so an engine that really looks at it can name the colour the check expects.
+    info = inspect_image(png)
+    assert (info.format, info.width, info.height, info.colour) == ("png", 56, 56, SQUARE_COLOUR)
 
 
 def test_smoke_runs_every_check_even_after_failures(server: ScriptedServer) -> None:
@@ -196,7 +204,16 @@ def test_smoke_runs_every_check_even_after_failures(server: ScriptedServer) -> N
     assert seen == ["chat", "stream", "tools", "vision"]
     assert [c.ok for c in report.checks] == [False, False, False, True]
     assert report.ok is False
-    assert report.to_dict()["ok"] is False
+    data = report.to_dict()
+    assert (data["ok"], data["model"], data["base_url"]) == (False, MODEL, server.url)
+    assert [(c["name"], c["ok"], c["skipped"]) for c in data["checks"]] == [
+        ("chat", False, False),
+        ("stream", False, False),
+        ("tools", False, False),
+        ("vision", True, False),
+    ]
+    assert data["checks"][2]["fix"] == TOOL_FIX
+    assert all(c["latency_ms"] > 0 for c in data["checks"])
 
 
 def test_smoke_skips_what_was_not_asked_and_passes(server: ScriptedServer) -> None:
