@@ -356,3 +356,26 @@ def test_recommend_skips_what_does_not_fit_and_the_simulator(tmp_path: Path) -> 
     )
     assert recommend(profiles, [RTX4090]) is None
     assert recommend(profiles, [H100]) == "b-bf16"
+
+
+def test_ollama_q8_text_weights() -> None:
+    """q8_0 stores 34 bytes per 32 weights (docs/memory.md §1): 23.57e9 x 34 / 32 B = 23.32 GiB,
+    plus 32,768 x 160 KiB = 5.0 GiB of f16 cache and a 0.5 GiB graph on each of two L40S
+    (usable (46,068 - 479 - 457) MiB = 44.07 GiB each): text fits, 13.7 GiB to spare after the
+    9.55 GiB vision encoder."""
+    r = check_fit(
+        prof("4090-q4", "ollama_tag=mistral-small3.1:24b-instruct-2503-q8_0"), [L40S, L40S]
+    )
+    text = 23.57e9 * 34 / 32 / GiB
+    assert r.weights == "q8_0"
+    assert round(text, 2) == 23.32
+    usable = 2 * (46068 - 479 - 457) / 1024
+    spare = usable - 2 * 0.5 - text - 5.0 - (769.3 / 1024 + 8.8)
+    assert f"{spare:.1f} GiB to spare" in r.reason
+    assert f"Q8_0 weights ({text:.1f} GiB)" in r.reason
+
+
+def test_no_room_means_no_tokens() -> None:
+    """BF16 on one 4090: KV = 21.64 - 44.72 - 2.20 < 0, so the cache holds 0 tokens, not 1."""
+    r = check_fit(prof("h100-bf16-vision"), [RTX4090])
+    assert (r.kv_tokens, r.kv_cache_gib, r.max_context) == (0, 0.0, 0)
