@@ -45,10 +45,46 @@ def server():
         yield s
 
 
+def openai_request_problem(body: dict) -> str | None:
+    """What vLLM's request model (ChatCompletionRequest) would reject in a chat request."""
+    known = {"model", "messages", "temperature", "max_tokens", "stream", "stream_options",
+             "tools", "tool_choice"}  # fmt: skip
+    if set(body) - known:
+        return f"unknown fields {sorted(set(body) - known)}"
+    if body.get("model") != MODEL or not isinstance(body.get("messages"), list):
+        return "model and messages are required"
+    if not isinstance(body.get("max_tokens"), int) or body.get("temperature") != 0.15:
+        return "max_tokens must be an int; msmall sends the recommended temperature 0.15"
+    for message in body["messages"]:
+        if set(message) != {"role", "content"} or message["role"] not in ("system", "user"):
+            return f"bad message {message}"
+        parts = message["content"] if isinstance(message["content"], list) else []
+        for part in parts:
+            if part.get("type") not in ("text", "image_url") or part["type"] not in part:
+                return f"bad content part {part}"
+    for tool in body.get("tools", []):
+        params = tool["function"]["parameters"]
+        if not set(params["required"]) <= set(params["properties"]):
+            return "a required tool parameter is not among the properties"
+    return None
+
+
 def _run(server: ScriptedServer, check, reply, *args):
-    server.routes = {CHAT: reply}
+    problems: list[str] = []
+
+    def answer(body: dict):
+        problem = openai_request_problem(body)
+        if problem:
+            problems.append(problem)
+            return (400, json.dumps({"error": {"message": problem}}))
+        return reply
+
+    server.routes = {CHAT: answer}
     with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
-        return check(client, MODEL, *args)
+        result = check(client, MODEL, *args)
+    assert server.requests, "no request was sent"
+    assert problems == [], f"msmall sent a request vLLM would reject: {problems}"
+    return result
 
 
 CHAT_CASES = [
