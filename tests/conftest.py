@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sys
 from pathlib import Path
@@ -43,11 +44,44 @@ def isolated_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def pick_port() -> int:
+    """A free TCP port for a server that another program starts (so it cannot bind port 0).
+
+    Ports the kernel hands out for port 0 and outgoing connections come from the ephemeral
+    range, so a port below it cannot be taken by anyone's `bind(0)` between our check and the
+    server's bind. Each xdist worker draws from its own slice, so parallel tests never collide.
+    Where the server is ours (in-process), bind port 0 and read the port back instead.
+    """
+    low, _ = _ephemeral_range()
+    floor = 20000 if low > 21000 else 1024
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    width = max((low - floor) // 16, 64)
+    start = floor + (index % 16) * width
+    candidates = list(range(start, min(start + width, low)))
+    # Not the global generator: pytest-randomly reseeds it the same way for every test.
+    random.SystemRandom().shuffle(candidates)
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")
+
+
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return pick_port()
 
 
 @pytest.fixture
@@ -57,6 +91,22 @@ def fakes_on_path(monkeypatch: pytest.MonkeyPatch) -> Path:
     # The fakes are Python scripts; make them run with this interpreter and find msmall.
     monkeypatch.setenv("MSMALL_FAKE_PYTHON", sys.executable)
     return FAKES_DIR
+
+
+# Sets SIGINT's disposition, then execs the rest of argv: a disposition survives exec, so the
+# program starts the way a shell job or CI runner would start it, whatever pytest inherited.
+_WITH_SIGINT = (
+    "import os, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == 'ignored' else signal.SIG_DFL); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+SIGINT_DISPOSITIONS = ("default", "ignored")
+
+
+def with_sigint(argv: list[str], disposition: str = "default") -> list[str]:
+    """argv that runs `argv` with SIGINT at its default disposition or ignored."""
+    assert disposition in SIGINT_DISPOSITIONS
+    return [sys.executable, "-c", _WITH_SIGINT, disposition, *argv]
 
 
 def msmall_cmd(*args: str) -> list[str]:

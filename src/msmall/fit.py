@@ -156,17 +156,18 @@ def _flag(args: Sequence[str], name: str) -> str | None:
     return None
 
 
-def _names(name: str) -> set[str]:
-    # extra_args may use either spelling (FACTS: underscores are accepted too).
-    return {name, name.replace("-", "_")}
+def _dashes(arg: str) -> str:
+    # vLLM's FlexibleArgumentParser turns every underscore of a flag name into a dash (FACTS:
+    # underscores are accepted too), so --max_num_batched_tokens=N is --max-num-batched-tokens.
+    if not arg.startswith("--"):
+        return arg
+    flag, eq, value = arg.partition("=")
+    return "--" + flag[2:].replace("_", "-") + eq + value
 
 
 def extra_arg(profile: Profile, name: str) -> str | None:
-    for spelling in _names(name):
-        value = _flag(profile.serving.extra_args, spelling)
-        if value is not None:
-            return value
-    return None
+    """The value of a flag in the profile's extra_args, in either spelling; '' for a bare flag."""
+    return _flag([_dashes(a) for a in profile.serving.extra_args], name)
 
 
 def verdict_rank(verdict: str) -> int:

@@ -73,13 +73,21 @@ class SmokeReport:
         }
 
 
+# The colour of the square in tiny_png(): an answer that does not name it ignored the image.
+SQUARE_COLOUR = "red"
+
+
 def tiny_png(size: int = 56) -> bytes:
-    """A small, valid RGB PNG (red square on white): enough for a real vision request."""
+    """A small, valid RGB PNG (red square on a white margin): enough for a real vision request.
+
+    The square covers most of the picture so that its colour is also the dominant (and mean) one.
+    """
     rows = []
     for y in range(size):
         row = bytearray([0])  # filter type 0
         for x in range(size):
-            inside = size // 4 <= x < 3 * size // 4 and size // 4 <= y < 3 * size // 4
+            m = size // 28  # a thin white margin
+            inside = m <= x < size - m and m <= y < size - m
             row += bytes((220, 30, 30) if inside else (255, 255, 255))
         rows.append(bytes(row))
 
@@ -378,7 +386,7 @@ def check_vision(client: httpx.Client, model: str) -> CheckResult:
                     },
                 ],
                 "temperature": RECOMMENDED_TEMPERATURE,
-                "max_tokens": 8,
+                "max_tokens": 32,  # room for "The image is ... mostly red." from chatty servers
             },
         )
         if resp.status_code != 200:
@@ -388,6 +396,15 @@ def check_vision(client: httpx.Client, model: str) -> CheckResult:
         content = resp.json()["choices"][0]["message"].get("content") or ""
         if not content.strip():
             return CheckResult("vision", False, 0, "empty answer to an image", fix)
+        if SQUARE_COLOUR not in content.lower():
+            return CheckResult(
+                "vision",
+                False,
+                0,
+                f"the answer does not name the colour of the image ({SQUARE_COLOUR}), so the"
+                f" image was ignored: {content.strip()[:60]!r}",
+                fix,
+            )
         return CheckResult("vision", True, 0, f"answered {content.strip()[:40]!r}")
 
     result = _timed(run)

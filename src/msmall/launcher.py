@@ -265,7 +265,7 @@ def run_plan(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> dic
     from msmall.runtimes import runner_for
 
     engine, runtime = backends.resolve(plan.backend)
-    secrets: list[str | None] = list(plan.secret_values())
+    secrets: list[str | None] = list(plan.secrets())
     _refuse_running(plan)
     log_path = state.log_path_for(plan.deployment)
     handle: Handle | None = None

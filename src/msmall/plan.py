@@ -7,6 +7,7 @@ what is run. Secret values live only in memory: every rendering here redacts the
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -74,11 +75,15 @@ class LaunchPlan(BaseModel):
     # plan built without looking at the machine.
     preflight: dict[str, Any] | None = None
 
-    def secret_values(self) -> list[str]:
-        """Secret values this plan carries (API key, HF token), to blank out of any text shown."""
-        envs = [self.env, self.container.environment if self.container else {}]
-        found = [v for env in envs for k, v in env.items() if k in SECRET_ENV and v]
-        return [*([self.api_key] if self.api_key else []), *found]
+    def secrets(self) -> list[str]:
+        """Every secret value this server could print into its log, to blank out of any text
+        msmall shows: the key, secret flags and env of the plan, and for a host process the
+        environment it inherits from msmall (HF_TOKEN from the user's shell)."""
+        import os
+
+        if self.container is not None:
+            return secret_values(self.container.command, self.container.environment, None, self.api_key)
+        return secret_values(self.argv, self.env, os.environ, self.api_key)
 
     @property
     def openai_base_url(self) -> str:
@@ -131,6 +136,31 @@ def redact_text(text: str, secrets: list[str | None]) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, REDACTED)
     return text
+
+
+def secret_values(
+    argv: list[str],
+    env: dict[str, str],
+    inherited: Mapping[str, str] | None = None,
+    *extra: str | None,
+) -> list[str]:
+    """Every secret value an engine started with `argv`/`env` could print into its log.
+
+    The inherited environment counts too: the engine sees HF_TOKEN from the user's shell even
+    when the plan never names it.
+    """
+    values: list[str | None] = list(extra)
+    for source in (inherited or {}, env):
+        values += [v for k, v in source.items() if k in SECRET_ENV]
+    for i, item in enumerate(argv):
+        flag, eq, value = item.partition("=")
+        if flag in SECRET_FLAGS:
+            values.append(value if eq else (argv[i + 1] if i + 1 < len(argv) else None))
+    seen: list[str] = []
+    for v in values:
+        if v and v not in seen:
+            seen.append(v)
+    return seen
 
 
 def _group_flags(argv: list[str]) -> list[list[str]]:

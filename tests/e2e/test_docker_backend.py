@@ -26,7 +26,7 @@ import docker
 import psutil
 import pytest
 
-from conftest import msmall_cmd
+from conftest import SIGINT_DISPOSITIONS, msmall_cmd
 from fakes.docker_engine import FakeDocker, running_fake_docker
 from helpers import LiveServe, path_without_nvidia_hook
 from msmall.backends import PlanOptions, build_plan
@@ -155,8 +155,8 @@ def fake_docker(tmp_path: Path) -> Iterator[Callable[..., FakeDocker]]:
 def live() -> Iterator[Callable[..., LiveServe]]:
     started: list[LiveServe] = []
 
-    def start(args: list[str], env: dict[str, str]) -> LiveServe:
-        lp = LiveServe(args, env)
+    def start(args: list[str], env: dict[str, str], sigint: str = "default") -> LiveServe:
+        lp = LiveServe(args, env, sigint=sigint)
         started.append(lp)
         return lp
 
@@ -349,12 +349,15 @@ def test_container_dying_of_oom_is_diagnosed_then_removed(
 # 7. Ctrl-C while loading and after ready
 
 
+@pytest.mark.parametrize("sigint", SIGINT_DISPOSITIONS)
 @pytest.mark.parametrize("when", ["loading", "ready"])
-def test_ctrl_c_stops_and_removes_the_container(fake_docker, live, free_port: int, when: str):
+def test_ctrl_c_stops_and_removes_the_container(
+    fake_docker, live, free_port: int, when: str, sigint: str
+):
     knobs = {"simulator_args": ["--startup-delay", "60"]} if when == "loading" else {}
     fake = fake_docker(images=[demo_image()], **knobs)
     env = env_for(fake)
-    lp = live(serve_args(free_port), env)
+    lp = live(serve_args(free_port), env, sigint)
     if when == "loading":
         lp.wait_for("waiting for")
         wait_until(fake.live_pids, "the container's process started")

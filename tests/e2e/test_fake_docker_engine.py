@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -50,7 +52,7 @@ def _wait_http_ok(url: str, within_s: float) -> httpx.Response:
     deadline = time.monotonic() + within_s
     while True:
         try:
-            response = httpx.get(url, timeout=2)
+            response = httpx.get(url, timeout=2, trust_env=False)
             if response.status_code == 200:
                 return response
         except httpx.TransportError:
@@ -137,7 +139,7 @@ def test_info_reflects_the_scenario(tmp_path, scenario, runtimes, cdi):
 
 def test_paths_with_and_without_the_version_prefix(fake):
     transport = httpx.HTTPTransport(uds=str(fake.socket_path))
-    with httpx.Client(transport=transport, base_url="http://docker") as http:
+    with httpx.Client(transport=transport, base_url="http://docker", trust_env=False) as http:
         for path in ("/_ping", "/v1.41/_ping", "/v1.47/_ping"):
             response = http.get(path)
             assert (response.status_code, response.text) == (200, "OK")
@@ -195,7 +197,7 @@ def test_pull_stream_has_the_shape_of_the_captured_samples(fake):
     real_downloading = next(line for line in sample if '"Downloading"' in line)
     real_layer = next(line for line in sample if '"Pulling fs layer"' in line)
     transport = httpx.HTTPTransport(uds=str(fake.socket_path))
-    with httpx.Client(transport=transport, base_url="http://docker") as http:
+    with httpx.Client(transport=transport, base_url="http://docker", trust_env=False) as http:
         raw = http.post("/v1.47/images/create", params={"fromImage": "alpine", "tag": "latest"})
     assert raw.status_code == 200
     assert raw.headers["content-type"] == "application/json"
@@ -290,9 +292,9 @@ def test_vllm_container_serves_on_the_published_port(fake, client, free_port):
     _wait_http_ok(f"http://127.0.0.1:{free_port}/health", within_s=20)
     # The container's Env reached the process: the key guards /v1/* as in vLLM.
     models_url = f"http://127.0.0.1:{free_port}/v1/models"
-    assert httpx.get(models_url, timeout=5).status_code == 401
+    assert httpx.get(models_url, timeout=5, trust_env=False).status_code == 401
     headers = {"Authorization": "Bearer sk-local"}
-    models = httpx.get(models_url, headers=headers, timeout=5).json()
+    models = httpx.get(models_url, headers=headers, timeout=5, trust_env=False).json()
     assert [m["id"] for m in models["data"]] == ["mistral-small-3.1"]
 
     chunks = _read_log_until(container, b"Application startup complete.", within_s=10)
@@ -368,7 +370,7 @@ def test_streams_env_exit_codes_and_timestamps(fake, client):
     assert container.logs(tail=1, stderr=False) == b"t0k\n"
     # The wire format: 8-byte headers (stream id, big-endian length), stderr on stream 2.
     transport = httpx.HTTPTransport(uds=str(fake.socket_path))
-    with httpx.Client(transport=transport, base_url="http://docker") as http:
+    with httpx.Client(transport=transport, base_url="http://docker", trust_env=False) as http:
         raw = http.get(f"/v1.47/containers/{container.id}/logs", params={"stderr": 1}).content
     streams = []
     while raw:
@@ -496,6 +498,15 @@ def test_limit_mm_per_prompt_formats(fake, client, free_port, limit, expected):
 # ----------------------------------------------------------------------------- as a program
 
 
+def _accepts(path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
+
+
 def test_runs_as_a_program_on_a_socket(tmp_path):
     sock = tmp_path / "d.sock"
     program = subprocess.Popen(
@@ -506,10 +517,16 @@ def test_runs_as_a_program_on_a_socket(tmp_path):
     )
     try:
         assert program.stderr is not None
+        deadline = time.monotonic() + 15
+        # Bounded: a program that never prints must fail the test, not hang readline().
+        ready, _, _ = select.select([program.stderr], [], [], 15)
+        assert ready, "the fake daemon printed nothing"
         assert "DOCKER_HOST=unix://" in program.stderr.readline().decode()
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            assert program.poll() is None and time.monotonic() < deadline
+        # The line comes before uvicorn listens, and the socket file exists a moment before
+        # listen() too: only a connection that succeeds says the daemon is up.
+        while not _accepts(sock):
+            assert program.poll() is None, "the fake daemon exited"
+            assert time.monotonic() < deadline, "the fake daemon never listened"
             time.sleep(0.02)
         client = docker.DockerClient(base_url=f"unix://{sock}")
         assert client.ping() is True

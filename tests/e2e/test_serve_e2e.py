@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import select
 import signal
 import subprocess
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import msmall_cmd
+from conftest import SIGINT_DISPOSITIONS, msmall_cmd
 from helpers import WAIT_S, LiveServe
 
 
@@ -55,8 +56,8 @@ def assert_nothing_left(port: int) -> None:
 def live():
     started: list[LiveServe] = []
 
-    def start(*args: str) -> LiveServe:
-        lp = LiveServe(list(args))
+    def start(*args: str, sigint: str = "default") -> LiveServe:
+        lp = LiveServe(list(args), sigint=sigint)
         started.append(lp)
         return lp
 
@@ -211,11 +212,13 @@ def test_port_taken_is_refused_before_starting(free_port: int) -> None:
     assert simulators_on(free_port) == []
 
 
+@pytest.mark.parametrize("sigint", SIGINT_DISPOSITIONS)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_while_loading_leaves_nothing(live, free_port: int, sig: int) -> None:
+def test_interrupt_while_loading_leaves_nothing(live, free_port: int, sig: int, sigint: str):
+    """Also when msmall starts with SIGINT ignored (a script's background job, some CI)."""
     lp = live(
         "serve", "-p", "demo", "--port", str(free_port),
-        "--set", 'extra_args=["--startup-delay", "60"]',
+        "--set", 'extra_args=["--startup-delay", "60"]', sigint=sigint,
     )  # fmt: skip
     lp.wait_for("waiting for")
     deadline = time.monotonic() + WAIT_S
@@ -224,15 +227,17 @@ def test_interrupt_while_loading_leaves_nothing(live, free_port: int, sig: int) 
     children = lp.server_children()
     assert children, "the simulator never started"
     lp.proc.send_signal(sig)
-    assert lp.finish() == 130
+    assert lp.finish() == 130, "".join(lp.seen)
     assert any("interrupted" in line for line in lp.seen)
+    assert "Traceback" not in "".join(lp.seen)
     _, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
     assert_nothing_left(free_port)
 
 
-def test_interrupt_after_ready_stops_the_server(live, free_port: int) -> None:
-    lp = live("serve", "-p", "demo", "--port", str(free_port))
+@pytest.mark.parametrize("sigint", SIGINT_DISPOSITIONS)
+def test_interrupt_after_ready_stops_the_server(live, free_port: int, sigint: str) -> None:
+    lp = live("serve", "-p", "demo", "--port", str(free_port), sigint=sigint)
     lp.wait_for("ready at")
     children = lp.server_children()
     assert children
@@ -368,7 +373,11 @@ def test_live_view_on_a_terminal(free_port: int) -> None:
     output = b""
     deadline = time.monotonic() + WAIT_S
     try:
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0:
+            # A bounded wait: a hung child must fail the test, not block os.read for ever.
+            ready, _, _ = select.select([leader], [], [], min(left, 1.0))
+            if not ready:
+                continue
             try:
                 chunk = os.read(leader, 65536)
             except OSError:  # EIO: the child closed the terminal

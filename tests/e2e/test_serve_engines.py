@@ -101,6 +101,13 @@ def test_vllm_without_tool_flags_returns_text_and_fails(engine_env, free_port: i
     )
     # tools=false skips the check: it passes, and the argv carries no tool flags.
     assert result.returncode == 0, result.stderr
+    dry = subprocess.run(
+        msmall_cmd("serve", "-p", "h100-bf16-vision", "--set", "tools=false", "--dry-run", "--json"),
+        capture_output=True, text=True, env=engine_env, check=True,
+    )  # fmt: skip
+    argv = json.loads(dry.stdout)["argv"]
+    assert "--enable-auto-tool-choice" not in argv and "--tool-call-parser" not in argv
+    assert "skip  tools   not requested" in result.stderr
     env = {**engine_env, "FAKE_VLLM_FAIL": "tools-as-text"}
     result = serve(env, "-p", "h100-bf16-vision", "--port", str(free_port), "--check")
     assert result.returncode == 5
@@ -170,7 +177,12 @@ def test_running_ollama_daemon_is_reused_and_left_running(engine_env, free_port:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{free_port}/", timeout=0.5).status_code == 200:
+                if (
+                    httpx.get(
+                        f"http://127.0.0.1:{free_port}/", timeout=0.5, trust_env=False
+                    ).status_code
+                    == 200
+                ):
                     break
             except httpx.HTTPError:
                 time.sleep(0.05)

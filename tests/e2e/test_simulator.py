@@ -21,7 +21,7 @@ import openai
 import pytest
 from starlette.applications import Starlette
 
-from conftest import DATA_DIR, SECRET_VARS
+from conftest import DATA_DIR, SECRET_VARS, SIGINT_DISPOSITIONS, pick_port, with_sigint
 from msmall.simulator import FAIL_MODES, SimulatorConfig, SimulatorThread, build_app
 from msmall.simulator.config import ConfigError, config_from_args, parse_ollama_host
 from msmall.simulator.generation import build_arguments
@@ -55,12 +55,6 @@ WEATHER_TOOL = {
 }
 
 
-def pick_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def clean_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (*SECRET_VARS, "OLLAMA_HOST")}
     env.update(HOME=str(home), NO_COLOR="1", PYTHONUNBUFFERED="1")
@@ -72,9 +66,14 @@ def start(
     ready: str | None = READY,
     env: dict[str, str] | None = None,
     home: Path | None = None,
+    sigint: str = "default",
 ) -> EngineProcess:
-    """Start the simulator; wait for ``ready`` (None: do not wait). Stops it on any failure."""
-    engine = EngineProcess(simulator_argv(*args), env or clean_env(home or Path.cwd()))
+    """Start the simulator; wait for ``ready`` (None: do not wait). Stops it on any failure.
+
+    The SIGINT disposition is set explicitly, whatever pytest itself inherited.
+    """
+    argv = with_sigint(simulator_argv(*args), sigint)
+    engine = EngineProcess(argv, env or clean_env(home or Path.cwd()))
     engine.start()
     try:
         if ready:
@@ -454,9 +453,10 @@ def test_port_refuses_connections_while_loading(tmp_path: Path, free_port: int) 
         assert engine.stop() == 0
 
 
+@pytest.mark.parametrize("sigint", SIGINT_DISPOSITIONS)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signals_stop_cleanly(sig: int, tmp_path: Path, free_port: int) -> None:
-    engine = start("--port", str(free_port), home=tmp_path)
+def test_signals_stop_cleanly(sig: int, tmp_path: Path, free_port: int, sigint: str) -> None:
+    engine = start("--port", str(free_port), home=tmp_path, sigint=sigint)
     try:
         with client(free_port) as http:
             assert http.get("/health").status_code == 200

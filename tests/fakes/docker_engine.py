@@ -1499,7 +1499,7 @@ class FakeDocker:
             time.sleep(0.01)
         transport = httpx.HTTPTransport(uds=str(self.socket_path)) if self.socket_path else None
         base = "http://docker" if self.socket_path else f"http://127.0.0.1:{self.port}"
-        with httpx.Client(transport=transport, base_url=base, timeout=5) as http:
+        with httpx.Client(transport=transport, base_url=base, timeout=5, trust_env=False) as http:
             if http.get("/_ping").text != "OK":
                 self.close()
                 raise RuntimeError("fake docker daemon does not answer /_ping")

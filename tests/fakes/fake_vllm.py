@@ -25,6 +25,12 @@ raw ``[TOOL_CALLS][...]`` text, an HF tokenizer answers 400 to ``tool_choice: au
 Simulator knobs from the environment: FAKE_VLLM_FAIL (comma-separated simulator --fail modes),
 FAKE_VLLM_STARTUP_DELAY, FAKE_VLLM_TTFT, FAKE_VLLM_TPOT (seconds), FAKE_VLLM_KV_CACHE_TOKENS
 (a KV cache smaller than --max-model-len fails at startup like vLLM).
+
+FAKE_VLLM_LEAK_SECRETS=1 makes the fake print every secret it was given into its log the way a
+real engine can: vLLM logs ``non-default args: {...}`` with ``api_key`` and ``hf_token`` in clear
+(vllm/entrypoints/utils.py ``log_non_default_args``); the environment dump and the final error
+line quoting the token are deliberate, for redaction tests. ``=die`` then exits 1 like a failed
+engine start (``Engine core initialization failed``) instead of serving.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ import sys
 from pathlib import Path
 
 VERSION = os.environ.get("FAKE_VLLM_VERSION", "0.33.0")
+SECRET_ENV_NAMES = (
+    "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY", "MSMALL_API_KEY", "OPENAI_API_KEY",
+)  # fmt: skip
 
 TOOL_PARSERS = (
     "deepseek_v3",
@@ -293,6 +302,20 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     fail_modes = {m.strip() for m in os.environ.get("FAKE_VLLM_FAIL", "").split(",") if m.strip()}
     if not (args.enable_auto_tool_choice and args.tool_call_parser):
         fail_modes.add("tools-as-text" if tokenizer_is_mistral else "tool-choice-400")
+    leak = os.environ.get("FAKE_VLLM_LEAK_SECRETS", "")
+    if leak:
+        secret_args = {"model_tag": model, "api_key": args.api_key, "hf_token": args.hf_token}
+        log(f"non-default args: {secret_args}", "utils.py:326")
+        for var in SECRET_ENV_NAMES:
+            if os.environ.get(var):
+                log(f"environment: {var}={os.environ[var]}", "envs.py:1", "DEBUG")
+        if leak == "die":
+            token = os.environ.get("HF_TOKEN") or args.hf_token or args.api_key or ""
+            log(f"Invalid credentials {token}", "hub.py:88", "ERROR")
+            return fail(
+                "RuntimeError: Engine core initialization failed. See root cause above. "
+                f"Failed core proc(s): {{}} (token {token})"
+            )
     names = args.served_model_name or [model]
     config = SimulatorConfig(
         flavor="vllm",

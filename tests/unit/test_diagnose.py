@@ -182,9 +182,43 @@ EXPECTED: dict[str, tuple[str | None, dict, tuple[str, ...]]] = {
         {"driver": ""},
         ("NVIDIA Container Toolkit",),
     ),
+    # Added with tests/unit/test_diagnose_rules.py (one per rule kind; sources in the README).
+    "docker/run-unsatisfied-condition-cuda-12.8.txt": (
+        "cuda-driver-too-old",
+        {"required_cuda": "12.8"},
+        ("-cu129",),
+    ),
+    "vllm/hf-gated-repo-oserror.txt": ("hf-gated", {}, ("HF_TOKEN",)),
+    "vllm/port-in-use-bind-on-address.txt": ("port-in-use", {"port": 8000}, ("--port 8001",)),
+    "vllm/port-in-use-errno98-v0.6.log": ("port-in-use", {}, ("--port N",)),
+    "vllm/max-model-len-greater-than-derived.txt": (
+        "max-len-too-long",
+        {"max_model_len": 131072, "model_max_len": 8192},
+        ("--set max_model_len=8192",),
+    ),
+    "vllm/no-cache-blocks-v0.6.log": ("no-cache-blocks", {}, ("gpu_memory_utilization=0.95",)),
+    "vllm/tool-choice-auto-requires-flags.txt": ("tool-choice-disabled", {}, ("--set tools=true",)),
+    "vllm/nccl-unhandled-cuda-error-ray.log": ("nccl-error", {}, ("NCCL_P2P_DISABLE=1",)),
+    "vllm/architecture-not-supported-mistral.txt": (
+        "vllm-too-old",
+        {"architecture": "['MistralForCausalLM']"},
+        ("pip install -U vllm",),
+    ),
+    "vllm/unrecognized-arguments.txt": ("unknown-argument", {"arguments": "--omni"}, ("--omni",)),
+    "vllm/torch-driver-too-old-11040.txt": (
+        "cuda-driver-too-old",
+        {"driver_cuda": "11.4"},
+        ("Update the NVIDIA driver",),
+    ),
+    "ollama/cli-model-requires-more-system-memory.txt": (
+        "ollama-ram",
+        {"required_gib": 164.8, "available_gib": 13.4},
+        ("--set max_model_len=8192",),
+    ),
+    "ollama/cli-pull-manifest-412-newer-version.txt": ("ollama-too-old", {}, ("0.6.5",)),
 }
 
-NON_FATAL = {"tool-parser-error", "ollama-cpu-offload"}
+NON_FATAL = {"tool-parser-error", "ollama-cpu-offload", "tool-choice-disabled"}
 
 
 def _log(name: str) -> str:

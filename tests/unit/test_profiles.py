@@ -258,6 +258,30 @@ def test_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
     assert info.value.message == f"{path}: profile file is empty"
 
 
+def test_a_profile_of_one_key_gets_the_documented_defaults(tmp_path: Path) -> None:
+    prof = load_profile(str(write(tmp_path, "minimal.yaml", "description: only this\n")))
+    assert prof.name == "minimal"
+    # The documented defaults, written out (FACTS: vLLM's 0.92 utilisation; the model's repo).
+    sv, md, hw = prof.serving, prof.model, prof.hardware
+    assert (prof.backend, hw.gpu_count, hw.gpu_ids) == ("vllm", 1, None)
+    assert (md.hf_repo, md.hf_format, md.weights) == (
+        "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+        "mistral",
+        "bf16",
+    )
+    assert md.ollama_tag == "mistral-small3.1:24b-instruct-2503-q4_K_M"
+    assert (sv.max_model_len, sv.gpu_memory_utilization, sv.tensor_parallel_size) == (
+        32768,
+        0.92,
+        1,
+    )
+    assert (sv.kv_cache_dtype, sv.max_num_seqs, sv.ollama_num_parallel) == ("auto", 16, 1)
+    assert (sv.vision, sv.images_per_prompt, sv.tools) == (True, 4, True)
+    assert (sv.served_model_name, sv.host, sv.port) == ("mistral-small-3.1", "127.0.0.1", None)
+    assert (sv.extra_args, sv.env) == ([], {})
+    assert md.id == "mistral-small-3.1"
+
+
 def test_profile_to_dict_redacts_secrets(tmp_path: Path) -> None:
     path = write(
         tmp_path,

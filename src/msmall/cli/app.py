@@ -4,6 +4,7 @@ so `msmall --help` costs little more than Typer itself."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -52,7 +53,24 @@ def root(
         os.environ["MSMALL_DEBUG"] = "1"
 
 
+def _on_sigint(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # Our own handler, not the inherited disposition: started as a background job of a script
+    # (or by a CI runner) msmall inherits SIGINT ignored, and Ctrl-C must still stop the server.
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        code = _run()
+    except KeyboardInterrupt:
+        # A Ctrl-C while an error is being printed (a second press, say) still exits 130,
+        # never with a traceback or killed by the signal.
+        code = 130
+    sys.exit(code)
+
+
+def _run() -> int:
     from msmall.errors import MsmallError
 
     try:
@@ -70,6 +88,12 @@ def main() -> None:
             err().print(Text("  " + exc.fix))
         for line in exc.details:
             err().print(Text("  | " + line, style="dim"))
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
+    except SystemExit as exc:
+        # typer/click end with sys.exit(code); keep their code.
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        raise
+    return 0

@@ -744,7 +744,7 @@ def build_vllm_app(state: SimState) -> Starlette:
     ]
     from msmall.simulator.vllm_extra import add_routes
 
-    add_routes(routes, dialect)
+    add_routes(routes, dialect, LOGGED_ROUTES)
     middleware = [Middleware(AccessLog, state=state)]
     if config.api_key:
         middleware.append(Middleware(ApiKeyGuard, api_key=config.api_key))

@@ -78,7 +78,11 @@ def _check_model(body: dict[str, Any], dialect: VllmDialect) -> None:
         dialect.check_model(str(model))
 
 
-def add_routes(routes: list, dialect: VllmDialect) -> None:
+def add_routes(
+    routes: list, dialect: VllmDialect, logged_routes: tuple[tuple[str, str], ...]
+) -> None:
+    """Add the routes beyond chat; `logged_routes` (what the startup log announces) is what
+    /openapi.json lists, as vLLM's app does."""
     from starlette.routing import Route
 
     state = dialect.state
@@ -218,10 +222,9 @@ def add_routes(routes: list, dialect: VllmDialect) -> None:
 
     async def openapi(request: Request) -> Response:
         from msmall.simulator.config import VLLM_VERSION
-        from msmall.simulator.vllm_app import LOGGED_ROUTES
 
         paths: dict[str, dict] = {}
-        for path, methods in LOGGED_ROUTES:
+        for path, methods in logged_routes:
             for method in methods.replace(" ", "").split(","):
                 if method != "HEAD" and path not in ("/openapi.json", "/docs"):
                     paths.setdefault(path, {})[method.lower()] = {

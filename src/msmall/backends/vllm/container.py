@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from msmall.backends.base import PlanOptions, common_fields, endpoint, secret_env
 from msmall.backends.vllm import versions
-from msmall.backends.vllm.plan import target_vllm_version, vllm_flags
+from msmall.backends.vllm.plan import target_vllm_version, vllm_flags, with_profile_key
 from msmall.plan import ContainerSpec, LaunchPlan, docker_run_argv
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ def container_name(deployment: str) -> str:
 
 
 def plan_docker(profile: Profile, options: PlanOptions, engine: Engine) -> LaunchPlan:
+    options = with_profile_key(profile, options)
     # The image brings its own vLLM: the host's installed vllm says nothing about it.
     version = target_vllm_version(profile, options, use_installed=False)
     ep = endpoint(profile, options, engine)

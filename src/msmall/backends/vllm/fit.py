@@ -216,8 +216,10 @@ def fit_vllm(
     )
     label = variant.upper()
     # Memory per GPU that would hold weights, overhead and one request (32k under "auto").
-    kv_wanted = (requested_fixed or 32768) * kv_bpt / GIB
-    need_per_gpu = (weights_gpu + overhead + kv_wanted) / util + DRIVER_RESERVED_MIB / 1024
+    need_per_gpu = _smallest_gpu_gib(
+        weights_gpu, requested_fixed or 32768, kv_bpt, util, tp, int(batched) if batched else None,
+        graphs, spec,
+    )  # fmt: skip
 
     # vLLM checks free memory before anything else and refuses to start.
     if free is not None:
@@ -296,6 +298,29 @@ def fit_vllm(
         suggestion=suggestion,
         **figures,
     )
+
+
+def _smallest_gpu_gib(
+    weights_gpu: float,
+    tokens: int,
+    kv_bpt: float,
+    util: float,
+    tp: int,
+    batched: int | None,
+    graphs: bool,
+    spec: ModelSpec,
+) -> int:
+    """The smallest whole-GiB memory.total per GPU whose KV cache holds `tokens`.
+
+    Searched, not solved: the overhead steps up with vLLM's batch tiers (a 63 GiB card gets the
+    4096-token batch a 24 GiB card does not), and the advice must be a size that really fits.
+    """
+    for size in range(1, 1025):
+        cuda_total = size - DRIVER_RESERVED_MIB / 1024
+        kv_gib = vllm_kv_cache_gib(cuda_total, util, weights_gpu, tp, batched, graphs, spec)
+        if kv_tokens_for(kv_gib, kv_bpt, VLLM_BLOCK_TOKENS) >= tokens:
+            return size
+    return 1025
 
 
 def _weights_suggestion(spec: ModelSpec, variant: str, need_gib_per_gpu: float, tp: int) -> str:

@@ -94,7 +94,7 @@ def _unknown_argument(m: re.Match[str], ctx: Ctx) -> Found:
 def _invalid_argument(m: re.Match[str], ctx: Ctx) -> Found:
     flag, why = m["flag"], m["why"].strip()
     return Found(
-        f"vLLM rejected the value of {flag}: {why}",
+        f"vLLM rejected the value of {flag}: {why.rstrip('.')}.",
         f"Check the profile setting behind {flag} (`msmall serve --dry-run` prints the command), "
         "or pass `--vllm-version X.Y.Z` so msmall writes what the installed vLLM accepts.",
         {"flag": flag},

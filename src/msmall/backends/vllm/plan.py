@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from msmall.backends.base import PlanOptions, common_fields, endpoint, gpu_env, secret_env
@@ -83,7 +84,39 @@ def _mistral_format_flag(args: list[str]) -> str | None:
     return None
 
 
+def profile_api_key(profile: Profile) -> str | None:
+    """The key a profile hands vLLM itself: the last --api-key in extra_args, else VLLM_API_KEY.
+
+    vLLM takes `args.api_key or envs.VLLM_API_KEY` (vllm/entrypoints/openai/api_server.py,
+    build_app), and argparse keeps the last of repeated flags.
+    """
+    key = None
+    args = profile.serving.extra_args
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag in ("--api-key", "--api_key"):
+            key = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return key or profile.serving.env.get("VLLM_API_KEY") or None
+
+
+def with_profile_key(profile: Profile, options: PlanOptions) -> PlanOptions:
+    """Options whose api_key is the one the server will demand, so readiness and smoke checks
+    send that key; two different keys are refused."""
+    key = profile_api_key(profile)
+    if key is None or key == options.api_key:
+        return options
+    if options.api_key is not None and any(
+        a.partition("=")[0] in ("--api-key", "--api_key") for a in profile.serving.extra_args
+    ):
+        raise ConfigError(
+            "two API keys: --api-key (or MSMALL_API_KEY) and --api-key in the profile's extra_args",
+            "Keep one: drop --api-key from serving.extra_args, or from the command line.",
+        )
+    return options if options.api_key is not None else replace(options, api_key=key)
+
+
 def plan_vllm(profile: Profile, options: PlanOptions, engine: Engine) -> LaunchPlan:
+    options = with_profile_key(profile, options)
     version = target_vllm_version(profile, options)
     ep = endpoint(profile, options, engine)
     argv = ["vllm", "serve", profile.model.hf_repo, *vllm_flags(profile, version, ep.host, ep.port)]

@@ -7,6 +7,8 @@ Sources: shared/FACTS.md (checked against vLLM 0.33.0 and its changelog) and vLL
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from msmall.errors import ConfigError
@@ -102,17 +104,26 @@ def docker_image_tag(version: str, driver_major: int | None = None) -> str:
 
 
 def installed_vllm_version(timeout_s: float = 60.0) -> str | None:
-    """The vllm on PATH, if any. `vllm --version` imports torch, hence the generous timeout."""
+    """The vllm on PATH, if any. `vllm --version` imports torch, hence the generous timeout.
+
+    The package metadata of this interpreter answers instantly, but only for the `vllm` that
+    msmall will really start: the one on PATH may belong to another environment.
+    """
+    import sys
     from importlib import metadata
 
     from msmall import procs
 
+    exe = shutil.which("vllm")
+    if exe is None:
+        return None
+    if Path(exe).resolve().parent == (Path(sys.prefix) / "bin").resolve():
+        try:
+            return metadata.version("vllm")
+        except metadata.PackageNotFoundError:
+            pass
     try:
-        return metadata.version("vllm")
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        out = procs.run(["vllm", "--version"], timeout_s=timeout_s)
+        out = procs.run([exe, "--version"], timeout_s=timeout_s)
     except procs.ToolMissing:
         return None
     except procs.ToolFailed:
