@@ -99,7 +99,7 @@ def pvc_gib(profile: Profile) -> int:
     """The HF cache volume: the weights plus a quarter for a second revision, at least the
     profile's own min_disk_gib."""
     need = weights_bytes(profile) * 1.25 / 1024**3
-    return int(math.ceil(max(need, profile.hardware.min_disk_gib)))
+    return math.ceil(max(need, profile.hardware.min_disk_gib))
 
 
 def backend_for(target: str, backend: str) -> str:

@@ -105,23 +105,39 @@ def node_argvs(plan: LaunchPlan, profile: Profile, head: str = HEAD_VAR) -> dict
     return out
 
 
+def node_gpu(profile: Profile) -> tuple[str, int] | None:
+    """The smallest common GPU that meets hardware.min_vram_gib (the profile's floor is below
+    the card's real size: 22 GiB stands for a 24 GB RTX 4090)."""
+    from msmall.preflight import COMMON_GPUS
+
+    floor = profile.hardware.min_vram_gib * 1024
+    if not floor:
+        return None
+    single = sorted((sizes[0], name) for name, sizes in COMMON_GPUS.items() if len(sizes) == 1)
+    for mib, name in single:
+        if mib >= floor:
+            return name, mib
+    return f"{profile.hardware.min_vram_gib:g} GiB GPU", int(floor)
+
+
 def node_fit(profile: Profile) -> str:
     from msmall.preflight import check_fit
 
-    vram = profile.hardware.min_vram_gib
-    if not vram:
+    gpu = node_gpu(profile)
+    if gpu is None:
         return "no hardware.min_vram_gib in the profile: the per-node memory fit was not checked"
+    name, mib = gpu
     one_copy = profile.model_copy(
         update={"serving": profile.serving.model_copy(update={"data_parallel_size": 1})}
     )
     tp = profile.serving.tensor_parallel_size
-    report = check_fit(one_copy, [int(vram * 1024)] * tp, "vllm")
+    report = check_fit(one_copy, [mib] * tp, "vllm")
     if report.verdict == "does_not_fit":
         raise ConfigError(
-            f"one copy does not fit {tp} x {vram:g} GiB on a node: {report.reason}",
+            f"one copy does not fit {tp} x {name} on a node: {report.reason}",
             report.suggestion or "Lower max_model_len, or use larger GPUs.",
         )
-    return f"per node: {report.verdict} on {tp} x {vram:g} GiB per copy: {report.reason}"
+    return f"per node, each copy on {tp} x {name}: {report.verdict}. {report.reason}"
 
 
 def _shell(argv: list[str]) -> str:
@@ -139,6 +155,8 @@ def _script(plan: LaunchPlan, title: str, body: list[str], needs_head: bool = Tr
     lines = ["#!/bin/sh", header(plan, "multinode").rstrip("\n"), f"# {title}", "set -eu"]
     if needs_head:
         lines.append(': "${HEAD_IP:?export HEAD_IP=<node 0 address, reachable from every node>}"')
+    if plan.engine == "vllm":
+        lines.append("# HF_TOKEN from the environment (or `hf auth login`) for gated repos")
     for name in secrets:
         lines.append(f': "${{{name}:?export {name} first (never written into this file)}}"')
     lines += [f"export {k}={shlex.quote(v)}" for k, v in plain.items()]
@@ -189,7 +207,7 @@ def render(plan: LaunchPlan, profile: Profile, opts: ExportOptions) -> Export:
         "mp (vLLM's own): on node 0 run node-0.sh, on node N run node-N.sh, all with "
         "HEAD_IP set to node 0's address;",
         f"  TCP {RPC_PORT} and the engines' ZMQ ports must be open between the nodes.",
-        f"Ray: ray-head.sh on node 0, ray-worker.sh on the others, then ray-serve.sh on node 0.",
+        "Ray: ray-head.sh on node 0, ray-worker.sh on the others, then ray-serve.sh on node 0.",
         f"The endpoint is node 0's: {plan.openai_base_url} (with --host for other machines).",
         "",
     ]

@@ -89,6 +89,7 @@ def render(plan: LaunchPlan, profile: Profile, opts: ExportOptions) -> Export:
         "[Service]",
         "Type=exec",
         *[_env_line(k, v) for k, v in plain.items()],
+        *([f"# {env_file} holds {', '.join(secrets)} (NAME=value, mode 600)"] if secrets else []),
         f"EnvironmentFile=-{env_file}",
     ]
     if plan.container is not None:
