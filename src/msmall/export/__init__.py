@@ -151,7 +151,12 @@ def export_plan(
     options = replace(options, backend=backend, detect_installed=False)
     inventory = Inventory(problem="export writes files for another machine")
     plan = final_plan(profile_ref, overrides, options, inventory=inventory)
-    prof = load_profile(profile_ref, parse_set(list(overrides or [])))
+    # This machine's missing HF token says nothing about the target's: the instructions name
+    # the token the files reference instead.
+    from msmall import weights
+
+    local = weights.hf_token_warning(prof.model_copy(update={"backend": backend}), plan.engine)
+    plan = plan.model_copy(update={"warnings": [w for w in plan.warnings if w != local]})
     return plan, prof.model_copy(update={"backend": backend})
 
 
