@@ -1,5 +1,5 @@
 """The `msmall export` matrix: every target x shipped profile, with the arguments each needs
-(shared by tests/unit/test_export.py's goldens and tests/e2e/test_export.py's consumers)."""
+(shared by tests/unit/test_export.py's goldens and tests/e2e/test_export_e2e.py's consumers)."""
 
 from __future__ import annotations
 

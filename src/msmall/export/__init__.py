@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 TARGETS = ("compose", "k8s", "helm", "systemd", "multinode")
 # The Kubernetes version the manifests are written for and validated against
-# (tests/e2e/test_export.py: kubernetes-validate --strict -k this).
+# (tests/e2e/test_export_e2e.py: kubernetes-validate --strict -k this).
 KUBERNETES_VERSION = "1.34.0"
 # Where the secrets live: one env file for compose/systemd, one Secret for k8s/helm.
 SECRET_NAME = "msmall-secrets"

@@ -53,7 +53,7 @@ def _secret_env(name: str, optional: bool = True) -> dict:
     }
 
 
-def _probes(path: str, port: str, budget_s: int) -> dict:
+def _probes(path: str, port: int, budget_s: int) -> dict:
     get = {"path": path, "port": port}
     return {
         "startupProbe": {
@@ -91,7 +91,9 @@ def render(plan: LaunchPlan, profile: Profile, opts: ExportOptions) -> Export:
         container, init, volumes, port, secrets, gpus = _vllm(plan, profile, opts, pvc)
         budget = LOAD_S if opts.download_init else startup_budget_s(profile)
         mount = "/root/.cache/huggingface"
-    container.update(_probes("/health" if plan.engine != "ollama" else "/", "http", budget))
+    # The port by number, not by name: podman 4.3's `kube play` turns a named probe port into
+    # port 0 (checked by hand, see docs/export.md); the kubelet takes either.
+    container.update(_probes("/health" if plan.engine != "ollama" else "/", port, budget))
     pod_spec: dict = {"containers": [container], "volumes": volumes}
     if init:
         pod_spec["initContainers"] = init
