@@ -318,3 +318,40 @@ def test_unknown_target_is_two_plain_lines() -> None:
         "error: unknown export target 'kustomize'",
         "Choose one of: compose, k8s, helm, systemd, multinode",
     ]
+
+
+def test_serve_preflight_counts_data_parallel_gpus() -> None:
+    from msmall import launcher
+    from msmall.errors import EnvironmentProblem
+    from msmall.hardware import GpuInfo, Inventory
+
+    one_h100 = Inventory(
+        gpus=[GpuInfo(index=0, name="NVIDIA H100 80GB HBM3", memory_total_mib=81559,
+                      memory_used_mib=0, memory_free_mib=81559)],
+        driver_version="580.65", cuda_version="13.0", source="nvidia-smi",
+    )  # fmt: skip
+    with pytest.raises(EnvironmentProblem, match="data parallel 2 and needs 2 GPUs"):
+        launcher.final_plan(
+            "h100-bf16-vision",
+            ["serving.data_parallel_size=2"],
+            PlanOptions(detect_installed=False),
+            inventory=one_h100,
+        )
+    two = Inventory(
+        gpus=[*one_h100.gpus, GpuInfo(index=1, name="NVIDIA H100 80GB HBM3",
+              memory_total_mib=81559, memory_used_mib=0, memory_free_mib=81559)],
+        driver_version="580.65", cuda_version="13.0", source="nvidia-smi",
+    )  # fmt: skip
+    plan = launcher.final_plan(
+        "h100-bf16-vision",
+        ["serving.data_parallel_size=2"],
+        PlanOptions(detect_installed=False),
+        inventory=two,
+    )
+    assert plan.preflight["verdict"] in ("fits", "tight")
+    assert "--data-parallel-size" in plan.argv
+
+
+def test_replicas_below_one_is_refused() -> None:
+    code, _, err = run_cli("k8s", "-p", "h100-bf16-vision", "--replicas", "0")
+    assert code == 2 and "--replicas 0" in err
