@@ -45,7 +45,8 @@ def needs_gpu(prof: Profile) -> bool:
 
 
 def gpus_needed(prof: Profile) -> int:
-    return max(prof.hardware.gpu_count, prof.serving.tensor_parallel_size)
+    sv = prof.serving
+    return max(prof.hardware.gpu_count, sv.tensor_parallel_size * sv.data_parallel_size)
 
 
 def known_profiles() -> list[Profile]:
@@ -316,11 +317,14 @@ def preflight(
     forced = False
 
     tp = prof.serving.tensor_parallel_size
-    if engine.tensor_parallel and len(gpus) < tp:
+    dp = prof.serving.data_parallel_size if engine.tensor_parallel else 1
+    if engine.tensor_parallel and len(gpus) < tp * dp:
         name, _ = recommend_for(inv, others)
         instead = f"Use --profile {name}, which fits this machine" if name else "Use fewer GPUs"
         message = (
-            f"profile {prof.name} runs tensor parallel {tp} and needs {tp} GPUs; "
+            f"profile {prof.name} runs tensor parallel {tp}"
+            + (f" x data parallel {dp}" if dp > 1 else "")
+            + f" and needs {tp * dp} GPUs; "
             f"this machine has {len(gpus)} ({where})"
         )
         _refuse_or_warn(

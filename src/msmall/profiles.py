@@ -114,6 +114,10 @@ class Serving(_Strict):
     max_model_len: int | Literal["auto"] = 32768
     gpu_memory_utilization: float = 0.92
     tensor_parallel_size: int = 1
+    # vLLM data parallelism: this many copies of the model (each on tensor_parallel_size GPUs)
+    # behind one endpoint. On one machine `serve` passes --data-parallel-size; across machines
+    # `msmall export multinode` writes each node's command (hardware.gpu_count GPUs per node).
+    data_parallel_size: int = Field(1, ge=1, le=64)
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
     max_num_seqs: int = Field(16, ge=1, le=4096)
     # Ollama gives every parallel slot a full context of KV cache, so it has its own, smaller knob.

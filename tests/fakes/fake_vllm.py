@@ -22,6 +22,8 @@ Tool behaviour follows vLLM's serving code: with ``--enable-auto-tool-choice`` a
 ``--tool-call-parser`` tool calls are parsed; without them, a Mistral tokenizer returns the
 raw ``[TOOL_CALLS][...]`` text, an HF tokenizer answers 400 to ``tool_choice: auto``.
 
+FAKE_VLLM_PARSE_ONLY=1: parse and check the argv, print the parsed flags as JSON, exit 0.
+
 Simulator knobs from the environment: FAKE_VLLM_FAIL (comma-separated simulator --fail modes),
 FAKE_VLLM_STARTUP_DELAY, FAKE_VLLM_TTFT, FAKE_VLLM_TPOT (seconds), FAKE_VLLM_KV_CACHE_TOKENS
 (a KV cache smaller than --max-model-len fails at startup like vLLM).
@@ -164,7 +166,25 @@ def build_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     add("--tensor-parallel-size", "-tp", type=int, default=1)
     add("--pipeline-parallel-size", "-pp", type=int, default=1)
     add("--data-parallel-size", "-dp", type=int, default=1)
-    add("--distributed-executor-backend", default=None)
+    # The data-parallel group of vLLM 0.33's EngineArgs.add_cli_args (vllm/engine/arg_utils.py)
+    # and --headless / --api-server-count (vllm/entrypoints/common/cli_args.py).
+    add("--data-parallel-rank", "-dpn", type=int, default=None)
+    add("--data-parallel-start-rank", "-dpr", type=int, default=None)
+    add("--data-parallel-size-local", "-dpl", type=int, default=None)
+    add("--data-parallel-address", "-dpa", type=str, default=None)
+    add("--data-parallel-rpc-port", "-dpp", type=int, default=None)
+    add("--data-parallel-backend", "-dpb", type=str, default="mp")
+    add("--data-parallel-hybrid-lb", "-dph", action=argparse.BooleanOptionalAction, default=False)
+    add("--data-parallel-external-lb", "-dpe", action=argparse.BooleanOptionalAction, default=False)
+    add("--headless", action="store_true", default=False)
+    add("--api-server-count", "-asc", type=int, default=None)
+    add("--nnodes", "-n", type=int, default=1)
+    add("--node-rank", "-r", type=int, default=0)
+    add(
+        "--distributed-executor-backend",
+        choices=["ray", "mp", "uni", "external_launcher"],
+        default=None,
+    )
     add(
         "--kv-cache-dtype",
         choices=["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc"],
@@ -249,6 +269,38 @@ def hf_only(model: str) -> bool:
     return owner in HF_ONLY_OWNERS or bool(re.search(r"quantized|fp8|awq|gptq|w4a16", model, re.I))
 
 
+def data_parallel_problem(args: argparse.Namespace) -> str | None:
+    """vLLM 0.33's own checks of the data-parallel flags (vllm/entrypoints/cli/serve.py
+    ServeSubcommand.cmd, EngineArgs.create_engine_config), for a dense model such as Mistral.
+    The two range checks at the end are approximate (vLLM fails later, in the engine core)."""
+    if args.data_parallel_backend not in ("mp", "ray"):
+        return (
+            f"ValueError: data_parallel_backend must be mp or ray, not {args.data_parallel_backend}"
+        )
+    if args.headless and args.api_server_count:
+        return (
+            f"ValueError: --api-server-count={args.api_server_count} cannot be used with "
+            "--headless (no API servers are started in headless mode)."
+        )
+    if args.headless and args.data_parallel_hybrid_lb:
+        return "ValueError: data_parallel_hybrid_lb is not applicable in headless mode"
+    if args.data_parallel_size > 1 and (
+        args.data_parallel_external_lb or args.data_parallel_rank is not None
+    ):
+        return (
+            "ValueError: Non-MoE models do not support external data parallel mode. For "
+            "external load balancing, launch independent vLLM instances without "
+            "--data-parallel-* arguments."
+        )
+    local = args.data_parallel_size_local
+    if local is not None and not 0 < local <= args.data_parallel_size:
+        return f"ValueError: data_parallel_size_local ({local}) must be in 1..data_parallel_size"
+    start = args.data_parallel_start_rank
+    if start is not None and not 0 <= start < args.data_parallel_size:
+        return f"ValueError: data_parallel_start_rank ({start}) out of range"
+    return None
+
+
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     model = args.model_tag or args.model
     if not model:
@@ -267,6 +319,13 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return fail(
             f"ValueError: GPU memory utilization must be within (0, 1]. Got {args.gpu_memory_utilization}."
         )
+    dp_problem = data_parallel_problem(args)
+    if dp_problem:
+        return fail(dp_problem)
+    if os.environ.get("FAKE_VLLM_PARSE_ONLY") == "1":
+        # For exported commands (msmall export multinode): the argv passed every check.
+        print(json.dumps({**vars(args), "model": model}, default=str))
+        return 0
     limits = args.limit_mm_per_prompt or {}
     if not isinstance(limits, dict) or any(
         not isinstance(v, int) or v < 0 for v in limits.values()

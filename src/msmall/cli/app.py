@@ -12,6 +12,7 @@ import typer
 from msmall import __version__
 from msmall.cli import deployments as deployments_cmd
 from msmall.cli import doctor as doctor_cmd
+from msmall.cli import export as export_cmd
 from msmall.cli import health as health_cmd
 from msmall.cli import profiles as profiles_cmd
 from msmall.cli import serve as serve_cmd
@@ -34,6 +35,7 @@ health_cmd.register(app)
 deployments_cmd.register(app)
 simulate_cmd.register(app)
 doctor_cmd.register(app)
+export_cmd.register(app)
 
 
 def _version(value: bool) -> None:

@@ -53,6 +53,10 @@ def vllm_flags(profile: Profile, version: str, host: str, port: int) -> list[str
         "--tensor-parallel-size", str(sv.tensor_parallel_size),
         "--max-num-seqs", str(sv.max_num_seqs),
     ]  # fmt: skip
+    if sv.data_parallel_size > 1:
+        # In-process data parallelism (vllm/engine/arg_utils.py, --data-parallel-size): one API
+        # server in front of data_parallel_size engines, each on its own TP group.
+        flags += ["--data-parallel-size", str(sv.data_parallel_size)]
     if sv.kv_cache_dtype != "auto":
         flags += ["--kv-cache-dtype", sv.kv_cache_dtype]
     images = sv.images_per_prompt if sv.vision else 0
