@@ -82,7 +82,9 @@ class LaunchPlan(BaseModel):
         import os
 
         if self.container is not None:
-            return secret_values(self.container.command, self.container.environment, None, self.api_key)
+            return secret_values(
+                self.container.command, self.container.environment, None, self.api_key
+            )
         return secret_values(self.argv, self.env, os.environ, self.api_key)
 
     @property
