@@ -227,7 +227,7 @@ def test_vllm_without_tool_flags(fakes_on_path: Path, free_port: int) -> None:
     finally:
         engine.stop()
     message = text["choices"][0]["message"]
-    assert message["content"].startswith("[TOOL_CALLS][") and not message["tool_calls"]
+    assert message["content"].startswith("[TOOL_CALLS][") and "tool_calls" not in message
     assert image.status_code == 400
     assert image.json()["error"]["message"] == "At most 0 image(s) may be provided in one prompt."
 

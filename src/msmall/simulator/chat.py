@@ -1,13 +1,19 @@
-"""POST /v1/chat/completions, shared by both flavors; a Dialect holds what differs.
+"""POST /v1/chat/completions and /v1/completions, shared by both flavors; a Dialect holds what
+differs.
 
 vLLM and Ollama answer the same OpenAI request with small differences that clients notice:
 error shapes, ids, tool call ids, extra fields, how tool calls stream, what happens with too
 many tokens. Each difference is in one Dialect method with the engine's real behaviour.
+
+Timing: every request is admitted by the load model (engine.EngineModel) and its tokens are due
+at deadlines (first token ``ttft`` after admission, then one ``tpot`` apart, ``tpot`` growing
+with the running batch above the knee), so measured TTFT/TPOT match the injected values.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from msmall.simulator import generation as gen
+from msmall.simulator.engine import Sequence, sleep_until
 from msmall.simulator.images import ImageError, ImageInfo, decode_data_url, inspect_image
 
 if TYPE_CHECKING:
@@ -45,9 +52,24 @@ class ChatRequest:
     prompt: gen.Prompt
     stream: bool = False
     include_usage: bool = False
+    continuous_usage: bool = False
     max_tokens: int | None = None
+    # Which field max_tokens came from, for error messages ("max_tokens" or
+    # "max_completion_tokens", vllm/entrypoints/openai/chat_completion/protocol.py).
+    max_tokens_param: str = "max_tokens"
+    limits: gen.OutputLimits = field(default_factory=gen.OutputLimits)
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: Any = None
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # Structured output: "json" (any JSON object) or a JSON schema dict; None: free text.
+    structured: Any = None
+    # "chat" (/v1/chat/completions) or "text" (/v1/completions).
+    kind: str = "chat"
+    # The X-Request-Id header or the body's request_id (vLLM uses it in the response id).
+    request_id: str | None = None
+    body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +79,9 @@ class Completion:
     deltas: list[str]
     finish_reason: str
     completion_tokens: int
+    stop_reason: str | None = None
+    # tool_choice "required" or a named function: vLLM answers content "" with the calls.
+    forced: bool = False
 
 
 class Dialect:
@@ -70,8 +95,18 @@ class Dialect:
     def error(self, exc: ChatError) -> Response:
         raise NotImplementedError
 
+    def check_request(self, request: Request, body: Any) -> None:
+        """Engine-specific request validation before the fields are read."""
+
     def check_model(self, name: str) -> None:
         raise NotImplementedError
+
+    def default_model(self) -> str | None:
+        """The model a request without ``model`` gets; None: ``model`` is required."""
+        return None
+
+    def response_model(self, request: ChatRequest) -> str:
+        return request.model
 
     def check_images(self, count: int) -> None:
         raise NotImplementedError
@@ -86,19 +121,33 @@ class Dialect:
         """'call' (tool_calls), 'text' (tool call as text), or 'none' (plain answer)."""
         return "call"
 
-    def completion_id(self) -> str:
-        return f"chatcmpl-{uuid.uuid4().hex}"
+    def completion_id(self, kind: str = "chat", chat: ChatRequest | None = None) -> str:
+        # serve/engine/serving.py _base_request_id: the X-Request-Id header, else the body's
+        # request_id, else a random uuid; chat_completion/serving.py prefixes "chatcmpl-".
+        base = chat.request_id if chat is not None and chat.request_id else uuid.uuid4().hex
+        return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{base}"
 
     def response_body(self, cid: str, request: ChatRequest, completion: Completion) -> dict:
         raise NotImplementedError
 
-    def chunk(self, cid: str, request: ChatRequest, delta: dict, finish: str | None) -> dict:
+    def text_response_body(self, cid: str, request: ChatRequest, completion: Completion) -> dict:
+        raise ChatError("Not Found", 404, "NotFoundError")
+
+    def chunk(
+        self, cid: str, request: ChatRequest, delta: dict, finish: str | None, index: int = 0
+    ) -> dict:
+        raise NotImplementedError
+
+    def text_chunk(
+        self, cid: str, request: ChatRequest, text: str, finish: str | None, index: int = 0
+    ) -> dict:
         raise NotImplementedError
 
     def tool_call_deltas(self, calls: list[gen.ToolCall]) -> list[dict]:
         raise NotImplementedError
 
-    def first_delta(self) -> dict:
+    def first_delta(self) -> dict | None:
+        """A chunk of its own before the first token; None: the role rides on the first token."""
         return {"role": "assistant", "content": ""}
 
     def last_delta(self) -> dict:
@@ -107,9 +156,9 @@ class Dialect:
     def usage_chunk(self, cid: str, request: ChatRequest, usage: dict) -> dict:
         return {
             "id": cid,
-            "object": "chat.completion.chunk",
+            "object": "chat.completion.chunk" if request.kind == "chat" else "text_completion",
             "created": int(time.time()),
-            "model": request.model,
+            "model": self.response_model(request),
             "choices": [],
             "usage": usage,
         }
@@ -117,17 +166,31 @@ class Dialect:
     async def before_generation(self, request: ChatRequest) -> None:
         """Ollama loads the model on first use."""
 
+    def tool_finish(self, request: ChatRequest) -> str:
+        # vllm/entrypoints/serve/utils/tool_calls_utils.py resolve_finish_reason: a forced
+        # named tool reports "stop", as OpenAI does.
+        return "stop" if isinstance(request.tool_choice, dict) else "tool_calls"
 
-async def handle_chat(request: Request, dialect: Dialect) -> Response:
+    def headers(self, request: Request) -> dict[str, str]:
+        return {}
+
+
+async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") -> Response:
     state = dialect.state
+    # server.StampedH11: when the request's bytes arrived (else: now, e.g. in-process ASGI).
+    arrived = (request.scope.get("state") or {}).get("msmall_arrived") or time.monotonic()
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return dialect.error(ChatError("Invalid JSON in the request body"))
-    try:
+        dialect.check_request(request, None)
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ChatError("Invalid JSON in the request body") from None
         if not isinstance(body, dict):
             raise ChatError("The request body must be a JSON object")
-        chat = parse_request(body, dialect)
+        dialect.check_request(request, body)
+        chat = parse_request(body, dialect, kind)
+        rid = request.headers.get("x-request-id") or body.get("request_id")
+        chat.request_id = rid if isinstance(rid, str) and rid else None
         dialect.check_lengths(chat)
         await dialect.before_generation(chat)
         completion = complete(chat, dialect)
@@ -135,74 +198,235 @@ async def handle_chat(request: Request, dialect: Dialect) -> Response:
         return dialect.error(exc)
     except gen.RequestError as exc:
         return dialect.error(ChatError(str(exc), param=exc.param))
+    headers = dialect.headers(request)
+    state.requests_served += 1
+    state.prompt_tokens_total += chat.prompt.tokens
+    state.generation_tokens_total += completion.completion_tokens * chat.n
+    kv_need = chat.prompt.tokens + completion.completion_tokens * chat.n
+    if chat.stream:
+        return StreamingResponse(
+            stream_chunks(chat, completion, dialect, kv_need, arrived),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+    seq = await state.engine.admit(kv_need, arrived)
+    try:
+        await _run_to_end(state, seq, max(1, completion.completion_tokens))
+    finally:
+        seq.finish()
+    cid = dialect.completion_id(chat.kind, chat)
+    if chat.kind == "text":
+        return JSONResponse(dialect.text_response_body(cid, chat, completion), headers=headers)
+    return JSONResponse(dialect.response_body(cid, chat, completion), headers=headers)
+
+
+async def prepare(body: dict[str, Any], dialect: Dialect) -> tuple[ChatRequest, Completion]:
+    """Parse, check and plan the answer to a chat body (counted as served)."""
+    state = dialect.state
+    chat = parse_request(body, dialect)
+    dialect.check_lengths(chat)
+    await dialect.before_generation(chat)
+    completion = complete(chat, dialect)
     state.requests_served += 1
     state.prompt_tokens_total += chat.prompt.tokens
     state.generation_tokens_total += completion.completion_tokens
-    if chat.stream:
-        return StreamingResponse(
-            stream_chunks(chat, completion, dialect), media_type="text/event-stream"
-        )
-    await state.sleep(state.config.ttft + state.config.tpot * max(0, len(completion.deltas) - 1))
-    body = dialect.response_body(dialect.completion_id(), chat, completion)
-    return JSONResponse(body)
+    return chat, completion
 
 
-def parse_request(body: dict[str, Any], dialect: Dialect) -> ChatRequest:
+async def stream_tokens(
+    state: SimState, chat: ChatRequest, completion: Completion, arrived: float
+) -> AsyncIterator[str]:
+    """The answer's tokens, each when it is due (for the routes that wrap chat)."""
+    seq = await state.engine.admit(chat.prompt.tokens + completion.completion_tokens, arrived)
+    try:
+        await sleep_until(seq.first_deadline(), state.stop)
+        for step, piece in enumerate(completion.deltas):
+            if step:
+                await sleep_until(seq.next_deadline(), state.stop)
+            seq.emitted()
+            yield piece
+    finally:
+        seq.finish()
+
+
+async def generate_whole(
+    body: dict[str, Any], dialect: Dialect, arrived: float | None = None
+) -> tuple[ChatRequest, Completion]:
+    """A chat body answered in full (no stream), timed by the load model: for the routes that
+    wrap chat (/v1/responses, /v1/messages). Raises ChatError / gen.RequestError."""
+    state = dialect.state
+    arrived = time.monotonic() if arrived is None else arrived
+    chat, completion = await prepare(body, dialect)
+    seq = await state.engine.admit(chat.prompt.tokens + completion.completion_tokens, arrived)
+    try:
+        await _run_to_end(state, seq, max(1, completion.completion_tokens))
+    finally:
+        seq.finish()
+    return chat, completion
+
+
+async def _run_to_end(state: SimState, seq: Sequence, tokens: int) -> None:
+    """Wait until the last token of a non-streamed answer is due."""
+    engine = state.engine
+    if engine.ttft <= 0 and engine.tpot <= 0:
+        seq.emitted(tokens)
+        return
+    await sleep_until(seq.first_deadline(), state.stop)
+    seq.emitted()
+    for _ in range(tokens - 1):
+        # One deadline per token, so a batch that grows meanwhile slows the rest down.
+        await sleep_until(seq.next_deadline(), state.stop)
+    if tokens > 1:
+        seq.emitted(tokens - 1)
+
+
+def _int_field(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ChatError(f"{name} must be an integer", param=name)
+    return int(value)
+
+
+def parse_request(body: dict[str, Any], dialect: Dialect, kind: str = "chat") -> ChatRequest:
     model = body.get("model")
+    if model is None:
+        model = dialect.default_model()
     if not isinstance(model, str) or not model:
         raise ChatError("Field required: model", param="model")
     dialect.check_model(model)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ChatError("Field required: messages (a non-empty list)", param="messages")
     tools = body.get("tools") or []
     if not isinstance(tools, list):
         raise ChatError("tools must be a list", param="tools")
     prompt = gen.Prompt()
     image_urls: list[str] = []
-    for message in messages:
-        if not isinstance(message, dict):
-            raise ChatError("Each message must be an object", param="messages")
-        role = str(message.get("role", ""))
-        text, urls = _message_content(message.get("content"))
-        image_urls += urls
-        if message.get("tool_calls"):
-            text += " " + json.dumps(message["tool_calls"])
+    if kind == "text":
+        text = _completion_prompt(body.get("prompt"))
         prompt.texts.append(text)
-        prompt.last_role = role
-        if role == "user":
-            prompt.last_user_text = text
-        if role == "tool":
-            prompt.last_tool_result = text
-    dialect.check_images(len(image_urls))
-    for url in image_urls:
-        try:
-            prompt.images.append(_load_image(url))
-        except ImageError as exc:
-            raise dialect.image_error(exc) from exc
-    prompt.tokens = (
-        sum(gen.count_tokens(t) for t in prompt.texts)
-        + gen.TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
-        + sum(image.tokens for image in prompt.images)
-        + (gen.count_tokens(json.dumps(tools)) if tools else 0)
+        prompt.last_role = "user"
+        prompt.last_user_text = text
+        prompt.tokens = gen.count_tokens(text)
+    else:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ChatError("Field required: messages (a non-empty list)", param="messages")
+        for message in messages:
+            if not isinstance(message, dict):
+                raise ChatError("Each message must be an object", param="messages")
+            role = str(message.get("role", ""))
+            text, urls = _message_content(message.get("content"))
+            image_urls += urls
+            if message.get("tool_calls"):
+                text += " " + json.dumps(message["tool_calls"])
+            prompt.texts.append(text)
+            prompt.last_role = role
+            if role == "user":
+                prompt.last_user_text = text
+            if role == "tool":
+                prompt.last_tool_result = text
+        dialect.check_images(len(image_urls))
+        for url in image_urls:
+            try:
+                prompt.images.append(_load_image(url))
+            except ImageError as exc:
+                raise dialect.image_error(exc) from exc
+        prompt.tokens = (
+            sum(gen.count_tokens(t) for t in prompt.texts)
+            + gen.TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+            + sum(image.tokens for image in prompt.images)
+            + (gen.count_tokens(json.dumps(tools)) if tools else 0)
+        )
+    # max_completion_tokens wins over max_tokens (serving.py create_chat_completion).
+    param = (
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     )
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ChatError(f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens")
+    max_tokens = _int_field(body, param)
+    min_tokens = _int_field(body, "min_tokens") or 0
+    stop = body.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise ChatError("stop must be a string or a list of strings", param="stop")
+    if any(not s for s in stop):
+        # vllm/sampling_params.py _verify_args
+        raise ChatError("stop cannot contain an empty string.")
+    n = _int_field(body, "n")
     stream_options = body.get("stream_options") or {}
     tool_choice = body.get("tool_choice")
     if tool_choice is None and tools:
         tool_choice = "auto"  # what vLLM's request validator and OpenAI do
+    top_logprobs = _int_field(body, "top_logprobs") or 0
+    logprobs = body.get("logprobs")
+    if kind == "text" and isinstance(logprobs, int) and not isinstance(logprobs, bool):
+        top_logprobs, logprobs = logprobs, True
+    include_usage = bool(isinstance(stream_options, dict) and stream_options.get("include_usage"))
     return ChatRequest(
         model=model,
         prompt=prompt,
         stream=bool(body.get("stream")),
-        include_usage=bool(
-            isinstance(stream_options, dict) and stream_options.get("include_usage")
-        ),
+        include_usage=include_usage,
+        continuous_usage=include_usage
+        and bool(isinstance(stream_options, dict) and stream_options.get("continuous_usage_stats")),
         max_tokens=max_tokens,
+        max_tokens_param=param,
+        limits=gen.OutputLimits(
+            max_tokens=max_tokens,
+            min_tokens=min_tokens,
+            ignore_eos=bool(body.get("ignore_eos")),
+            stop=stop,
+        ),
         tools=tools,
         tool_choice=tool_choice,
+        n=1 if n is None else n,
+        logprobs=bool(logprobs),
+        top_logprobs=top_logprobs,
+        structured=structured_format(body),
+        kind=kind,
+        body=body,
+    )
+
+
+def structured_format(body: dict[str, Any]) -> Any:
+    """ "json", a JSON schema, or None, from ``response_format`` (OpenAI), ``structured_outputs``
+    / ``guided_json`` (vLLM) or ``format`` (Ollama)."""
+    rf = body.get("response_format")
+    if isinstance(rf, dict):
+        if rf.get("type") == "json_object":
+            return "json"
+        if rf.get("type") == "json_schema":
+            js = rf.get("json_schema")
+            if isinstance(js, dict):
+                schema = js.get("schema", js.get("json_schema"))
+                return schema if isinstance(schema, dict) else "json"
+    so = body.get("structured_outputs")
+    if isinstance(so, dict) and so.get("json") is not None:
+        value = so["json"]
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                return "json"
+        return value if isinstance(value, dict) else "json"
+    if isinstance(body.get("guided_json"), dict):
+        return body["guided_json"]
+    fmt = body.get("format")
+    if fmt == "json":
+        return "json"
+    if isinstance(fmt, dict):
+        return fmt
+    return None
+
+
+def _completion_prompt(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value[0]
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return " ".join(f"t{v}" for v in value)
+    raise ChatError(
+        "prompt must be a string, a list of strings or a list of token ids", param="prompt"
     )
 
 
@@ -239,11 +463,11 @@ def _load_image(url: str) -> ImageInfo:
 
 
 def complete(chat: ChatRequest, dialect: Dialect) -> Completion:
-    function = None
-    if chat.tools:
+    if chat.tools and chat.kind == "chat":
         mode = dialect.tool_mode(chat)
         function = gen.choose_tool(chat.tools, chat.tool_choice, chat.prompt)
         if function is not None:
+            forced = chat.tool_choice == "required" or isinstance(chat.tool_choice, dict)
             call = gen.ToolCall(
                 name=str(function["name"]),
                 arguments=gen.build_arguments(
@@ -251,23 +475,83 @@ def complete(chat: ChatRequest, dialect: Dialect) -> Completion:
                 ),
                 id=gen.tool_call_id(dialect.tool_id_style),
             )
-            if mode == "call":
+            if mode == "call" or forced:
                 tokens = gen.count_tokens(call.arguments_json) + 3
-                return Completion("", [call], [], "tool_calls", tokens)
-            text = gen.tools_as_text([call])
-            deltas, finish = gen.limit(text, chat.max_tokens)
-            return Completion("".join(deltas), [], deltas, finish, len(deltas))
-    text = gen.answer_text(chat.prompt)
-    deltas, finish = gen.limit(text, chat.max_tokens)
-    return Completion("".join(deltas), [], deltas, finish, len(deltas))
+                finish = dialect.tool_finish(chat)
+                return Completion("", [call], [], finish, tokens, forced=forced)
+            shaped = gen.shape(gen.tools_as_text([call]), chat.limits, pad=False)
+            return _completion(shaped)
+    if chat.structured is not None:
+        schema = None if chat.structured == "json" else chat.structured
+        text = gen.json_answer(schema, chat.prompt.last_user_text)
+        return _completion(gen.shape(text, chat.limits, pad=False))
+    return _completion(gen.shape(gen.answer_text(chat.prompt), chat.limits))
 
 
-def usage(chat: ChatRequest, completion: Completion) -> dict[str, int]:
+def _completion(shaped: gen.Shaped) -> Completion:
+    text = "".join(shaped.deltas)
+    return Completion(
+        text,
+        [],
+        shaped.deltas,
+        shaped.finish_reason,
+        gen.token_count(shaped.deltas),
+        shaped.stop_reason,
+    )
+
+
+def usage(chat: ChatRequest, completion: Completion, generated: int | None = None) -> dict:
+    out = completion.completion_tokens * chat.n if generated is None else generated
     return {
         "prompt_tokens": chat.prompt.tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": chat.prompt.tokens + completion.completion_tokens,
+        "total_tokens": chat.prompt.tokens + out,
+        "completion_tokens": out,
     }
+
+
+def logprobs_content(deltas: list[str], top: int) -> list[dict]:
+    """vLLM's ChatCompletionLogProbsContent per token (chat_completion/protocol.py): the sampled
+    token first in top_logprobs, the alternatives less likely."""
+    out = []
+    for n, piece in enumerate(deltas):
+        logprob = -round(0.01 + (n % 7) * 0.013, 4)
+        entry: dict[str, Any] = {
+            "token": piece,
+            "logprob": logprob,
+            "bytes": list(piece.encode()),
+            "top_logprobs": [],
+        }
+        for rank in range(top):
+            token = piece if rank == 0 else f"{piece.strip() or 'x'}{rank}"
+            entry["top_logprobs"].append(
+                {
+                    "token": token,
+                    "logprob": logprob if rank == 0 else round(logprob - 1.5 * rank, 4),
+                    "bytes": list(token.encode()),
+                }
+            )
+        out.append(entry)
+    return out
+
+
+def text_logprobs(deltas: list[str], top: int) -> dict:
+    """The legacy completions logprobs object (vllm completion/protocol.py CompletionLogProbs)."""
+    offsets, pos = [], 0
+    for piece in deltas:
+        offsets.append(pos)
+        pos += len(piece)
+    content = logprobs_content(deltas, top)
+    return {
+        "text_offset": offsets,
+        "token_logprobs": [c["logprob"] for c in content],
+        "tokens": deltas,
+        "top_logprobs": [{t["token"]: t["logprob"] for t in c["top_logprobs"]} for c in content]
+        if top
+        else None,
+    }
+
+
+_MARK = "\x01msmall-piece\x01"
 
 
 def sse(payload: dict | str) -> bytes:
@@ -277,23 +561,124 @@ def sse(payload: dict | str) -> bytes:
 
 
 async def stream_chunks(
-    chat: ChatRequest, completion: Completion, dialect: Dialect
+    chat: ChatRequest, completion: Completion, dialect: Dialect, kv_need: int, arrived: float
 ) -> AsyncIterator[bytes]:
     state = dialect.state
-    cid = dialect.completion_id()
-    await state.sleep(state.config.ttft)
-    yield sse(dialect.chunk(cid, chat, dialect.first_delta(), None))
-    if completion.tool_calls:
-        for n, delta in enumerate(dialect.tool_call_deltas(completion.tool_calls)):
-            if n:
-                await state.sleep(state.config.tpot)
-            yield sse(dialect.chunk(cid, chat, delta, None))
+    seq = await state.engine.admit(kv_need, arrived)
+    try:
+        async for item in _stream(chat, completion, dialect, seq):
+            yield item
+    finally:
+        seq.finish()
+
+
+async def _stream(
+    chat: ChatRequest, completion: Completion, dialect: Dialect, seq: Sequence
+) -> AsyncIterator[bytes]:
+    state = dialect.state
+    cid = dialect.completion_id(chat.kind, chat)
+    choices = range(chat.n)
+    await sleep_until(seq.first_deadline(), state.stop)
+    generated = 0
+
+    def with_usage(chunk: dict) -> dict:
+        # stream_options.continuous_usage_stats: every chunk carries the usage so far
+        # (serving.py chat_completion_stream_generator, include_continuous_usage).
+        if chat.continuous_usage:
+            chunk["usage"] = usage(chat, completion, generated)
+        return chunk
+
+    # The hot path of a load test: a middle token's chunk is a JSON template with the text
+    # spliced in (one json.dumps of a string instead of a whole dict per token). The chunk's
+    # "created" stays the same across the stream, as in vLLM (created_time).
+    plain = not chat.logprobs and not chat.continuous_usage
+    templates: dict[int, tuple[str, str]] = {}
+
+    def templated(index: int, build: Any) -> Any:
+        if index not in templates:
+            text = json.dumps(build(_MARK), separators=(",", ":"))
+            head, _, tail = text.partition(json.dumps(_MARK))
+            templates[index] = ("data: " + head, tail + "\n\n")
+
+        def render(piece: str) -> bytes:
+            head, tail = templates[index]
+            return (head + json.dumps(piece) + tail).encode()
+
+        return render
+
+    if chat.kind == "text":
+        for step, piece in enumerate(completion.deltas):
+            if step:
+                await sleep_until(seq.next_deadline(), state.stop)
+            last = step == len(completion.deltas) - 1
+            generated += chat.n if piece else 0
+            seq.emitted()
+            if plain and not last:
+                for index in choices:
+                    yield templated(
+                        index, lambda t, i=index: dialect.text_chunk(cid, chat, t, None, i)
+                    )(piece)
+                continue
+            for index in choices:
+                chunk = dialect.text_chunk(
+                    cid, chat, piece, completion.finish_reason if last else None, index
+                )
+                if last:
+                    chunk["choices"][0]["stop_reason"] = completion.stop_reason
+                if chat.logprobs:
+                    chunk["choices"][0]["logprobs"] = text_logprobs([piece], chat.top_logprobs)
+                yield sse(with_usage(chunk))
     else:
-        for n, piece in enumerate(completion.deltas):
-            if n:
-                await state.sleep(state.config.tpot)
-            yield sse(dialect.chunk(cid, chat, {"content": piece}, None))
-    yield sse(dialect.chunk(cid, chat, dialect.last_delta(), completion.finish_reason))
+        first = dialect.first_delta()
+        if first is not None:
+            for index in choices:
+                yield sse(with_usage(dialect.chunk(cid, chat, first, None, index)))
+
+        def delta_of(step: int, delta: dict) -> dict:
+            # Ollama (openai/openai.go ToStreamChunks, includeRole): the role only once.
+            return {"role": "assistant", **delta} if first is None and step == 0 else delta
+
+        if completion.tool_calls:
+            for step, delta in enumerate(dialect.tool_call_deltas(completion.tool_calls)):
+                if step:
+                    await sleep_until(seq.next_deadline(), state.stop)
+                generated = completion.completion_tokens * chat.n
+                seq.emitted()
+                for index in choices:
+                    chunk = dialect.chunk(cid, chat, delta_of(step, delta), None, index)
+                    yield sse(with_usage(chunk))
+        else:
+            for step, piece in enumerate(completion.deltas):
+                if step:
+                    await sleep_until(seq.next_deadline(), state.stop)
+                generated += chat.n if piece else 0
+                seq.emitted()
+                if plain and (step or first is not None):
+                    for index in choices:
+                        yield templated(
+                            index,
+                            lambda t, i=index: dialect.chunk(cid, chat, {"content": t}, None, i),
+                        )(piece)
+                    continue
+                for index in choices:
+                    delta = delta_of(step, {"content": piece})
+                    chunk = dialect.chunk(cid, chat, delta, None, index)
+                    if chat.logprobs:
+                        chunk["choices"][0]["logprobs"] = {
+                            "content": logprobs_content([piece], chat.top_logprobs)
+                        }
+                    yield sse(with_usage(chunk))
+        for index in choices:
+            chunk = dialect.chunk(cid, chat, dialect.last_delta(), completion.finish_reason, index)
+            if "stop_reason" in chunk["choices"][0]:
+                chunk["choices"][0]["stop_reason"] = completion.stop_reason
+            yield sse(with_usage(chunk))
     if chat.include_usage:
         yield sse(dialect.usage_chunk(cid, chat, usage(chat, completion)))
     yield sse("[DONE]")
+
+
+def is_integral(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    )

@@ -39,7 +39,8 @@ FAIL_MODES: dict[str, str] = {
     "kv-too-small": "vllm: max seq len needs more KV cache than available, exit 1",
     "http-503": "health and chat answer 503 after startup (engine dead / server busy)",
     "tools-as-text": "tool calls come back as '[TOOL_CALLS][...]' text, no tool_calls "
-    "(vLLM without --tool-call-parser, Mistral tokenizer)",
+    "(vLLM without --tool-call-parser, Mistral tokenizer); 'tools-as-text:0.3' does it to 30% "
+    "of tool-call requests",
     "tool-choice-400": 'vllm: tools with tool_choice auto get 400 \'"auto" tool choice requires '
     "--enable-auto-tool-choice ...' (HF tokenizer without the tool flags)",
     "no-vision": "images are rejected (same as --no-vision)",
@@ -48,6 +49,34 @@ FAIL_MODES: dict[str, str] = {
     "no-tools": "ollama: /api/show capabilities without 'tools'; requests with tools get 400",
     "exit-after-ready": "exit 1 shortly after becoming ready",
 }
+
+
+# Fail modes that take a fraction of requests: "MODE:RATE", 0 < RATE <= 1 (plain MODE is 1.0).
+FRACTIONAL_FAIL_MODES = frozenset({"tools-as-text"})
+
+# vLLM's default --max-num-seqs (vllm/engine/arg_utils.py
+# EngineArgs.get_batch_defaults: 256 on a GPU under 70 GiB or an A100, 1024 above); Ollama's
+# OLLAMA_NUM_PARALLEL default
+# (envconfig/config.go: NumParallel = Uint("OLLAMA_NUM_PARALLEL", 1)).
+DEFAULT_MAX_NUM_SEQS = {"vllm": 256, "ollama": 1}
+
+
+def split_fail_mode(entry: str) -> tuple[str, float]:
+    """``"tools-as-text:0.3"`` -> ("tools-as-text", 0.3); ``"http-503"`` -> ("http-503", 1.0)."""
+    mode, sep, rate_text = entry.partition(":")
+    if not sep:
+        return mode, 1.0
+    if mode not in FRACTIONAL_FAIL_MODES:
+        raise ConfigError(
+            f"fail mode {mode!r} takes no rate (only {', '.join(sorted(FRACTIONAL_FAIL_MODES))})"
+        )
+    try:
+        rate = float(rate_text)
+    except ValueError:
+        raise ConfigError(f"fail mode {entry!r}: the rate must be a number in (0, 1]") from None
+    if not 0 < rate <= 1:
+        raise ConfigError(f"fail mode {entry!r}: the rate must be a number in (0, 1]")
+    return mode, rate
 
 
 class ConfigError(ValueError):
@@ -88,16 +117,28 @@ class SimulatorConfig:
     # Seconds between "ready" and the exit of exit-after-ready.
     exit_after_ready_s: float = 0.5
     quiet: bool = False
+    # vLLM --enable-request-id-headers: answer with an X-Request-Id header.
+    request_id_headers: bool = False
+    # Load model (engine.py): None: 256 for vLLM, 1 for Ollama.
+    max_num_seqs: int | None = None
+    # Above this many running sequences the time per output token grows by ``batch_slope``
+    # times tpot per ``batch_knee`` more sequences (engine.EngineModel.tpot_now).
+    batch_knee: int = 64
+    batch_slope: float = 1.0
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
             raise ConfigError(f"unknown flavor {self.flavor!r} (choose from {', '.join(FLAVORS)})")
-        unknown = sorted(set(self.fail) - set(FAIL_MODES))
+        unknown = sorted({split_fail_mode(entry)[0] for entry in self.fail} - set(FAIL_MODES))
         if unknown:
             raise ConfigError(
                 f"unknown fail mode(s): {', '.join(unknown)} (choose from {', '.join(FAIL_MODES)})"
             )
-        for name in ("startup_delay", "ttft", "tpot", "pull_duration"):
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ConfigError("max_num_seqs must be >= 1")
+        if self.batch_knee < 1:
+            raise ConfigError("batch_knee must be >= 1")
+        for name in ("startup_delay", "ttft", "tpot", "pull_duration", "batch_slope"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
 
@@ -143,8 +184,27 @@ class SimulatorConfig:
             return 0
         return self.max_images_per_prompt
 
+    @property
+    def num_seqs(self) -> int:
+        if self.max_num_seqs:
+            return self.max_num_seqs
+        if self.flavor == "ollama":
+            env = os.environ.get("OLLAMA_NUM_PARALLEL", "")
+            if env.isdigit() and int(env) > 0:
+                return int(env)
+        return DEFAULT_MAX_NUM_SEQS[self.flavor]
+
     def failing(self, mode: str) -> bool:
-        return mode in self.fail
+        """Whether the mode is on at all (for a fractional mode: for some requests)."""
+        return self.fail_rate(mode) > 0
+
+    def fail_rate(self, mode: str) -> float:
+        """The fraction of requests a mode applies to: 0 (off) to 1 (every request)."""
+        for entry in self.fail:
+            name, rate = split_fail_mode(entry)
+            if name == mode:
+                return rate
+        return 0.0
 
     def replace(self, **changes: object) -> SimulatorConfig:
         return dataclasses.replace(self, **changes)
@@ -209,13 +269,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ttft", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--tpot", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument(
-        "--fail", action="append", default=[], choices=sorted(FAIL_MODES), metavar="MODE"
+        "--fail",
+        action="append",
+        default=[],
+        type=_fail_arg,
+        metavar="MODE[:RATE]",
+        help="inject a failure (see below); tools-as-text takes a rate, e.g. tools-as-text:0.3",
+    )
+    parser.add_argument(
+        "--enable-request-id-headers",
+        action="store_true",
+        help="vllm: add X-Request-Id to every response (the request's, or a new one)",
+    )
+    parser.add_argument(
+        "--max-num-seqs", type=int, default=None, metavar="N", help="default 256 (ollama: 1)"
+    )
+    parser.add_argument(
+        "--batch-knee",
+        type=int,
+        default=64,
+        metavar="N",
+        help="running sequences above which the time per token grows (default 64)",
+    )
+    parser.add_argument(
+        "--batch-slope",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="extra tpot per knee-sized step above the knee (default 1.0; 0: flat)",
     )
     parser.add_argument("--pull-total-bytes", type=int, default=15_000_000_000, metavar="N")
     parser.add_argument("--pulled", action="store_true", help="ollama: the model is already pulled")
     parser.add_argument("--models-dir", default=None, help="ollama: persist pulls here")
     parser.add_argument("--quiet", action="store_true", help="no engine log lines")
     return parser
+
+
+def _fail_arg(value: str) -> str:
+    try:
+        mode, _ = split_fail_mode(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if mode not in FAIL_MODES:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {value!r} (choose from {', '.join(sorted(FAIL_MODES))})"
+        )
+    return value
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> SimulatorConfig:
@@ -254,6 +353,10 @@ def config_from_args(argv: Sequence[str] | None = None) -> SimulatorConfig:
             pulled=args.pulled,
             models_dir=args.models_dir,
             quiet=args.quiet,
+            max_num_seqs=args.max_num_seqs,
+            request_id_headers=args.enable_request_id_headers,
+            batch_knee=args.batch_knee,
+            batch_slope=args.batch_slope,
         )
     except ConfigError as exc:
         parser.error(str(exc))

@@ -195,3 +195,232 @@ def tools_as_text(calls: list[ToolCall]) -> str:
     """What Mistral Small 3.1 writes for a tool call when nothing parses it (V7-Tekken format)."""
     payload = [{"name": c.name, "arguments": c.arguments} for c in calls]
     return "[TOOL_CALLS]" + json.dumps(payload)
+
+
+# Output length ---------------------------------------------------------------------------
+
+# What the model "keeps saying" when asked for more tokens than its answer has (ignore_eos,
+# min_tokens): one simulated token per word.
+_FILLER = [
+    "",
+    "The",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "dog",
+    "while",
+    "the",
+    "simulator",
+    "keeps",
+    "generating",
+    "tokens",
+    "until",
+    "it",
+    "reaches",
+    "the",
+    "requested",
+    "length.",
+][1:]
+
+
+@dataclass
+class OutputLimits:
+    """The sampling parameters that decide how long an answer is (vllm/sampling_params.py)."""
+
+    max_tokens: int | None = None  # after clamping to the context left (get_max_tokens)
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Shaped:
+    deltas: list[str]
+    finish_reason: str
+    stop_reason: str | None = None
+
+
+def filler(count: int, start: int = 0) -> list[str]:
+    return [" " + _FILLER[(start + n) % len(_FILLER)] for n in range(count)]
+
+
+def shape(text: str, limits: OutputLimits, pad: bool = True) -> Shaped:
+    """Cut or extend the model's answer the way the engine's stop checks would.
+
+    vLLM v1 (vllm/v1/engine/detokenizer.py check_stop_strings, vllm/v1/core/sched/utils.py
+    check_stop): EOS ends the answer unless ``ignore_eos`` or fewer than ``min_tokens`` were
+    generated; a stop string ends it (not included in the output, ``stop_reason`` = the string)
+    once ``min_tokens`` are out; ``max_tokens`` ends it with ``finish_reason="length"``.
+    """
+    deltas = pieces(text) or [""]
+    if deltas == [""] and (limits.ignore_eos or limits.min_tokens):
+        deltas = []
+    target = len(deltas)
+    if pad and limits.ignore_eos and limits.max_tokens is not None:
+        target = max(target, limits.max_tokens)
+    if pad:
+        target = max(target, limits.min_tokens)
+    if target > len(deltas):
+        deltas = deltas + filler(target - len(deltas))
+    if limits.stop:
+        joined = "".join(deltas)
+        # Only text after the first min_tokens tokens may stop the answer.
+        floor = len("".join(deltas[: limits.min_tokens]))
+        best: tuple[int, str] | None = None
+        for stop in limits.stop:
+            at = joined.find(stop, max(0, floor - len(stop) + 1))
+            if at >= 0 and at + len(stop) > floor and (best is None or at < best[0]):
+                best = (at, stop)
+        if best is not None:
+            kept = joined[: best[0]]
+            cut = pieces(kept)
+            trailing = kept[len("".join(cut)) :]  # whitespace before the stop string stays
+            if trailing:
+                cut = [*cut[:-1], cut[-1] + trailing] if cut else [trailing]
+            if limits.max_tokens is None or len(cut) <= limits.max_tokens:
+                if not cut:
+                    cut = [""]
+                return Shaped(cut, "stop", best[1])
+    # The answer's EOS is one more token: an answer of exactly max_tokens tokens (or padded
+    # to it under ignore_eos) also ends on the length limit.
+    if limits.max_tokens is not None and len(deltas) >= limits.max_tokens:
+        return Shaped(deltas[: limits.max_tokens], "length")
+    return Shaped(deltas or [""], "stop")
+
+
+def token_count(deltas: list[str]) -> int:
+    return len([d for d in deltas if d]) if deltas != [""] else 0
+
+
+# Structured output -------------------------------------------------------------------------
+
+
+def value_from_schema(
+    schema: Any, prompt_text: str = "", name: str = "", root: Any = None, depth: int = 0
+) -> Any:
+    """A value that validates against a JSON schema (objects, arrays, enums, const, $ref/$defs,
+    anyOf/oneOf/allOf, required keys, min/max bounds), plausible for the prompt.
+
+    Stands in for vLLM's structured outputs (xgrammar) and Ollama's ``format``: both only
+    emit text the schema accepts.
+    """
+    root = schema if root is None else root
+    if not isinstance(schema, dict) or depth > 24:
+        return "example"
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        return value_from_schema(_resolve(ref, root), prompt_text, name, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            chosen = next(
+                (o for o in options if isinstance(o, dict) and o.get("type") != "null"),
+                options[0],
+            )
+            return value_from_schema(chosen, prompt_text, name, root, depth + 1)
+    if isinstance(schema.get("allOf"), list):
+        merged: dict[str, Any] = {}
+        for part in schema["allOf"]:
+            if isinstance(part, dict) and isinstance(part.get("$ref"), str):
+                part = _resolve(part["$ref"], root)
+            if isinstance(part, dict):
+                for k, v in part.items():
+                    if k in ("properties",) and isinstance(v, dict):
+                        merged.setdefault("properties", {}).update(v)
+                    elif k == "required" and isinstance(v, list):
+                        merged.setdefault("required", []).extend(v)
+                    else:
+                        merged.setdefault(k, v)
+        return value_from_schema(merged, prompt_text, name, root, depth + 1)
+    if "default" in schema:
+        return schema["default"]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "string"
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        required = [k for k in schema.get("required") or [] if isinstance(k, str)]
+        out: dict[str, Any] = {}
+        for key, sub in properties.items():
+            # Optional keys only near the top: a recursive schema must end somewhere.
+            if key in required or depth < 3:
+                out[key] = value_from_schema(sub, prompt_text, key, root, depth + 1)
+        for key in required:
+            if key not in out:
+                out[key] = "example"
+        return out
+    if kind == "array":
+        items = schema.get("items") or {}
+        count = max(1, int(schema.get("minItems", 1)))
+        if "maxItems" in schema:
+            count = min(count, int(schema["maxItems"]))
+        prefix = schema.get("prefixItems")
+        if isinstance(prefix, list) and prefix:
+            return [value_from_schema(p, prompt_text, name, root, depth + 1) for p in prefix]
+        return [value_from_schema(items, prompt_text, name, root, depth + 1) for _ in range(count)]
+    if kind == "integer":
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        value = int(low) + (1 if "exclusiveMinimum" in schema and "minimum" not in schema else 0)
+        value = (
+            max(value, 1) if "minimum" not in schema and "exclusiveMinimum" not in schema else value
+        )
+        if "maximum" in schema:
+            value = min(value, int(schema["maximum"]))
+        return value
+    if kind == "number":
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        value = 1.0 if low is None else float(low) + (0.5 if "exclusiveMinimum" in schema else 0)
+        if "maximum" in schema:
+            value = min(value, float(schema["maximum"]))
+        return value
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return _string_for(name, schema, prompt_text)
+
+
+def _resolve(ref: str, root: Any) -> Any:
+    target: Any = root
+    for part in ref[2:].split("/"):
+        target = target.get(part, {}) if isinstance(target, dict) else {}
+    return target
+
+
+def _string_for(name: str, schema: dict[str, Any], prompt_text: str) -> str:
+    fmt = schema.get("format")
+    if fmt == "date":
+        text = dt.date.today().isoformat()
+    elif fmt == "date-time":
+        text = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    elif fmt == "email":
+        text = "user@example.com"
+    elif fmt in ("uri", "url"):
+        text = "https://example.com"
+    elif fmt == "uuid":
+        text = "00000000-0000-4000-8000-000000000000"
+    else:
+        text = _value_for(name, {"type": "string"}, prompt_text) if name else "example"
+    low = int(schema.get("minLength", 0))
+    if len(text) < low:
+        text = text + "x" * (low - len(text))
+    if "maxLength" in schema:
+        text = text[: int(schema["maxLength"])]
+    return text
+
+
+def json_answer(schema: Any, prompt_text: str) -> str:
+    """The JSON text a structured-output request gets back; ``{}``-like JSON with no schema."""
+    if schema is None:
+        return json.dumps({"answer": answer_text(Prompt(last_user_text=prompt_text))})
+    return json.dumps(value_from_schema(schema, prompt_text))

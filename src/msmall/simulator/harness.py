@@ -123,3 +123,33 @@ class EngineProcess:
                 if remaining <= 0:
                     raise TimeoutError(f"no line with {needle!r} within {timeout} s\n{self.tail()}")
                 self._changed.wait(min(remaining, 0.1))
+
+
+_PORT_LINES = {"vllm": "Starting vLLM server on http://", "ollama": "Listening on "}
+
+
+def start_simulator(
+    *args: str,
+    flavor: str = "vllm",
+    env: Mapping[str, str] | None = None,
+    timeout: float = 20.0,
+) -> tuple[EngineProcess, int]:
+    """``python -m msmall.simulator --port 0 ARGS`` as a subprocess, ready; returns it and the
+    port the OS picked (read back from the engine's own startup line, so no free-port race).
+
+    The caller stops the process (``with engine:`` or ``engine.stop()``)."""
+    engine = EngineProcess(
+        simulator_argv("--flavor", flavor, "--port", "0", *args),
+        {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+    )
+    engine.start()
+    try:
+        line = engine.wait_for_line(_PORT_LINES[flavor], timeout)
+        address = line.split(_PORT_LINES[flavor], 1)[1].split()[0]
+        port = int(address.rsplit(":", 1)[1].rstrip("/"))
+        if flavor == "vllm":
+            engine.wait_for_line("Application startup complete.", timeout)
+    except BaseException:
+        engine.stop()
+        raise
+    return engine, port

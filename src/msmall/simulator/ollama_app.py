@@ -19,7 +19,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from msmall.models import MISTRAL_SMALL_3_1 as m
 from msmall.simulator import generation as gen
 from msmall.simulator import ollama_native as native
-from msmall.simulator.chat import ChatError, ChatRequest, Completion, Dialect, handle_chat
+from msmall.simulator.chat import (
+    ChatError,
+    ChatRequest,
+    Completion,
+    Dialect,
+    handle_chat,
+    usage,
+)
 from msmall.simulator.config import OLLAMA_VERSION
 from msmall.simulator.images import ImageError
 from msmall.simulator.state import (
@@ -59,13 +66,50 @@ class OllamaDialect(Dialect):
             raise ChatError(
                 f"{OLLAMA_REGISTRY}/{normalise_tag(request.model)} does not support tools"
             )
-        return "text" if self.state.config.failing("tools-as-text") else "call"
+        return "text" if self.state.draw("tools-as-text") else "call"
 
     async def before_generation(self, request: ChatRequest) -> None:
         await native.ensure_loaded(self.state, request.model, "default")
 
-    def completion_id(self) -> str:
-        return f"chatcmpl-{random.randint(0, 999)}"
+    def check_lengths(self, request: ChatRequest) -> None:
+        # Ollama has no n (one choice, openai/openai.go ToChatCompletion) and no refusal for
+        # long outputs: num_predict is max_tokens as given.
+        request.n = 1
+
+    def tool_finish(self, request: ChatRequest) -> str:
+        # openai/openai.go ToChatCompletion: "stop" with tool calls becomes "tool_calls".
+        return "tool_calls"
+
+    def text_response_body(self, cid: str, request: ChatRequest, completion: Completion) -> dict:
+        # openai/openai.go ToCompletion.
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": request.model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [
+                {"text": completion.text, "index": 0, "finish_reason": completion.finish_reason}
+            ],
+            "usage": usage(request, completion),
+        }
+
+    def text_chunk(
+        self, cid: str, request: ChatRequest, text: str, finish: str | None, index: int = 0
+    ) -> dict:
+        # openai/openai.go ToCompleteChunk.
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": request.model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [{"text": text, "index": 0, "finish_reason": finish}],
+        }
+
+    def completion_id(self, kind: str = "chat", chat: ChatRequest | None = None) -> str:
+        # openai/openai.go: "chatcmpl-" / "cmpl-" + rand.Intn(999)
+        return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{random.randint(0, 999)}"
 
     def response_body(self, cid: str, request: ChatRequest, completion: Completion) -> dict:
         message: dict[str, Any] = {"role": "assistant", "content": completion.text}
@@ -87,23 +131,24 @@ class OllamaDialect(Dialect):
             },
         }
 
-    def chunk(self, cid: str, request: ChatRequest, delta: dict, finish: str | None) -> dict:
+    def chunk(
+        self, cid: str, request: ChatRequest, delta: dict, finish: str | None, index: int = 0
+    ) -> dict:
         return {
             "id": cid,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": request.model,
             "system_fingerprint": "fp_ollama",
-            "choices": [
-                {"index": 0, "delta": {"role": "assistant", **delta}, "finish_reason": finish}
-            ],
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
         }
 
-    def first_delta(self) -> dict:
-        return {"content": ""}
+    def first_delta(self) -> dict | None:
+        return None
 
     def last_delta(self) -> dict:
-        return {"content": ""}
+        # openai/openai.go FinishChunk: the finish reason on its own chunk, delta {}.
+        return {}
 
     def tool_call_deltas(self, calls: list[gen.ToolCall]) -> list[dict]:
         # Ollama sends each tool call whole, in one chunk.
@@ -240,8 +285,44 @@ def build_ollama_app(state: SimState) -> Starlette:
     async def openai_chat(request: Request) -> Response:
         return await handle_chat(request, dialect)
 
+    async def openai_completions(request: Request) -> Response:
+        return await handle_chat(request, dialect, "text")
+
+    async def openai_model(request: Request) -> Response:
+        # middleware.RetrieveMiddleware + ShowHandler -> openai.ToModel.
+        name = request.path_params["model"]
+        tag = normalise_tag(name)
+        if tag not in state.pulled:
+            return openai_error(f'model "{name}" not found', 404)
+        return JSONResponse(
+            {
+                "id": name,
+                "object": "model",
+                "created": int(state.pulled[tag]),
+                "owned_by": "library",
+            }
+        )
+
+    async def embed(request: Request) -> Response:
+        return await native.embed(state, request)
+
+    async def embeddings(request: Request) -> Response:
+        return await native.embeddings(state, request)
+
+    async def openai_embeddings(request: Request) -> Response:
+        return await native.openai_embeddings(state, request)
+
+    async def copy(request: Request) -> Response:
+        return await native.copy(state, request)
+
+    async def create(request: Request) -> Response:
+        return await native.create(state, request)
+
     async def not_found(request: Request, exc: Exception) -> Response:
-        # Gin answers unknown routes and wrong methods alike.
+        # Gin's default bodies; server/routes.go sets r.HandleMethodNotAllowed = true, so a
+        # known path with the wrong method is 405, not 404.
+        if getattr(exc, "status_code", 404) == 405:
+            return PlainTextResponse("405 method not allowed", status_code=405)
         return PlainTextResponse("404 page not found", status_code=404)
 
     routes = [
@@ -256,6 +337,13 @@ def build_ollama_app(state: SimState) -> Starlette:
         Route("/api/chat", chat, methods=["POST"]),
         Route("/v1/models", openai_models, methods=["GET"]),
         Route("/v1/chat/completions", openai_chat, methods=["POST"]),
+        Route("/v1/completions", openai_completions, methods=["POST"]),
+        Route("/v1/models/{model:path}", openai_model, methods=["GET"]),
+        Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
+        Route("/api/embed", embed, methods=["POST"]),
+        Route("/api/embeddings", embeddings, methods=["POST"]),
+        Route("/api/copy", copy, methods=["POST"]),
+        Route("/api/create", create, methods=["POST"]),
     ]
     middleware = [Middleware(GinLog, state=state)]
     if config.failing("http-503"):

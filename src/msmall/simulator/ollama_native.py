@@ -8,7 +8,9 @@ an NDJSON stream that already answered HTTP 200.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +18,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from msmall import model as m
 from msmall.simulator import generation as gen
+from msmall.simulator.chat import structured_format
+from msmall.simulator.engine import sleep_until
 from msmall.simulator.images import ImageError, inspect_image
 from msmall.simulator.state import (
     OLLAMA_REGISTRY,
@@ -158,8 +163,8 @@ async def generate(state: SimState, request: Request) -> Response:
         + gen.TEMPLATE_TOKENS_PER_MESSAGE
     )
     await ensure_loaded(state, name, keep_alive)
-    deltas, finish = gen.limit(gen.answer_text(prompt), _num_predict(body))
-    return await _native_reply(state, body, name, prompt, deltas, finish, chat=False)
+    shaped = _shape(body, prompt)
+    return await _native_reply(state, body, name, prompt, shaped, chat=False)
 
 
 async def chat(state: SimState, request: Request) -> Response:
@@ -202,19 +207,26 @@ async def chat(state: SimState, request: Request) -> Response:
     await ensure_loaded(state, name, keep_alive)
     function = gen.choose_tool(tools, "auto", prompt) if tools else None
     if function is None:
-        text = gen.answer_text(prompt)
+        shaped = _shape(body, prompt)
     else:
         arguments = gen.build_arguments(function.get("parameters"), prompt.last_user_text)
-        if config.failing("tools-as-text"):
+        if state.draw("tools-as-text"):
             text = gen.tools_as_text([gen.ToolCall(str(function["name"]), arguments)])
+            shaped = gen.shape(text, _limits(body), pad=False)
         else:
-            # The native API sends arguments as an object, not a JSON string.
-            call = {"function": {"name": function["name"], "arguments": arguments}}
-            reply = {"role": "assistant", "content": "", "tool_calls": [call]}
-            await state.sleep(config.ttft)
-            return JSONResponse({**_done(name, "stop"), "message": reply})
-    deltas, finish = gen.limit(text, _num_predict(body))
-    return await _native_reply(state, body, name, prompt, deltas, finish, chat=True)
+            # server/routes.go ChatHandler: each parsed call gets toolCallId() ("call_" + 8
+            # lowercase alphanumerics) and its function.index; the native API sends the
+            # arguments as an object, not a JSON string.
+            call = {
+                "id": gen.tool_call_id("openai"),
+                "function": {"index": 0, "name": function["name"], "arguments": arguments},
+            }
+            tokens = gen.count_tokens(json.dumps(arguments)) + 3
+            return await _native_reply(
+                state, body, name, prompt, gen.Shaped([""], "stop"), chat=True,
+                tool_calls=[call], tool_tokens=tokens,
+            )  # fmt: skip
+    return await _native_reply(state, body, name, prompt, shaped, chat=True)
 
 
 def _done(name: str, reason: str) -> dict:
@@ -231,6 +243,26 @@ def _num_predict(body: dict[str, Any]) -> int | None:
     options = body.get("options") or {}
     value = options.get("num_predict") if isinstance(options, dict) else None
     return value if isinstance(value, int) and value > 0 else None
+
+
+def _limits(body: dict[str, Any]) -> gen.OutputLimits:
+    options = body.get("options") if isinstance(body.get("options"), dict) else {}
+    stop = options.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    return gen.OutputLimits(
+        max_tokens=_num_predict(body),
+        stop=[s for s in stop if isinstance(s, str) and s],
+    )
+
+
+def _shape(body: dict[str, Any], prompt: gen.Prompt) -> gen.Shaped:
+    """The answer text, or JSON when ``format`` is "json" or a schema (llama.cpp grammar)."""
+    fmt = structured_format({"format": body.get("format")})
+    if fmt is not None:
+        text = gen.json_answer(None if fmt == "json" else fmt, prompt.last_user_text)
+        return gen.shape(text, _limits(body), pad=False)
+    return gen.shape(gen.answer_text(prompt), _limits(body))
 
 
 def _native_images(state: SimState, images: list[Any], prompt: gen.Prompt) -> Response | None:
@@ -253,42 +285,80 @@ async def _native_reply(
     body: dict[str, Any],
     name: str,
     prompt: gen.Prompt,
-    deltas: list[str],
-    finish: str,
+    shaped: gen.Shaped,
     chat: bool,
+    tool_calls: list[dict] | None = None,
+    tool_tokens: int = 0,
 ) -> Response:
-    config = state.config
     state.requests_served += 1
+    deltas = shaped.deltas
+    finish = "length" if shaped.finish_reason == "length" else "stop"
+    tokens = tool_tokens if tool_calls else gen.token_count(deltas)
+    state.prompt_tokens_total += prompt.tokens
+    state.generation_tokens_total += tokens
+    engine = state.engine
+    started = time.monotonic()
 
-    def piece(text: str) -> dict:
+    def piece(text: str, calls: list[dict] | None = None) -> dict:
         base = {"model": name, "created_at": go_time(time.time())}
         if chat:
-            return {**base, "message": {"role": "assistant", "content": text}, "done": False}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = calls
+            return {**base, "message": message, "done": False}
         return {**base, "response": text, "done": False}
 
-    def final(full_text: str) -> dict:
-        done = {**piece(full_text), "done": True, "done_reason": finish}
+    def final(full_text: str, calls: list[dict] | None, first_at: float) -> dict:
+        # server/routes.go: every done message carries the api.Metrics counts and durations,
+        # plus total and load duration.
+        now = time.monotonic()
+        done = {**piece(full_text, calls), "done": True, "done_reason": finish}
         done.update(
-            total_duration=int((config.ttft + config.tpot * len(deltas)) * 1e9) + 1_000_000,
+            total_duration=int((now - started) * 1e9) + 1_000_000,
             load_duration=1_000_000,
             prompt_eval_count=prompt.tokens,
-            prompt_eval_duration=int(config.ttft * 1e9),
-            eval_count=len(deltas),
-            eval_duration=int(config.tpot * len(deltas) * 1e9),
+            prompt_eval_duration=max(1, int((first_at - started) * 1e9)),
+            eval_count=tokens,
+            eval_duration=max(1, int((now - first_at) * 1e9)),
         )
+        if not chat:
+            done["context"] = list(range(1, min(prompt.tokens + tokens, 32) + 1))
         return done
 
     if body.get("stream") is False:
-        await state.sleep(config.ttft + config.tpot * max(0, len(deltas) - 1))
-        return JSONResponse(final("".join(deltas)))
+        seq = await engine.admit(prompt.tokens + tokens)
+        try:
+            await sleep_until(seq.first_deadline(), state.stop)
+            first_at = time.monotonic()
+            seq.emitted()
+            for _ in range(max(0, tokens - 1)):
+                await sleep_until(seq.next_deadline(), state.stop)
+            if tokens > 1:
+                seq.emitted(tokens - 1)
+        finally:
+            seq.finish()
+        return JSONResponse(final("".join(deltas), tool_calls, first_at))
 
     async def lines() -> AsyncIterator[bytes]:
-        await state.sleep(config.ttft)
-        for n, text in enumerate(deltas):
-            if n:
-                await state.sleep(config.tpot)
-            yield (json.dumps(piece(text)) + "\n").encode()
-        yield (json.dumps(final("")) + "\n").encode()
+        seq = await engine.admit(prompt.tokens + tokens)
+        try:
+            await sleep_until(seq.first_deadline(), state.stop)
+            first_at = time.monotonic()
+            if tool_calls:
+                # The tool parser buffers the call's tokens and sends it whole, content "".
+                for _ in range(max(0, tokens - 1)):
+                    await sleep_until(seq.next_deadline(), state.stop)
+                seq.emitted(tokens)
+                yield (json.dumps(piece("", tool_calls)) + "\n").encode()
+            else:
+                for n, text in enumerate(deltas):
+                    if n:
+                        await sleep_until(seq.next_deadline(), state.stop)
+                    seq.emitted()
+                    yield (json.dumps(piece(text)) + "\n").encode()
+            yield (json.dumps(final("", None, first_at)) + "\n").encode()
+        finally:
+            seq.finish()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
@@ -323,3 +393,134 @@ async def _pull_stream(state: SimState, name: str, ok: bool) -> AsyncIterator[by
 
 def _layer_digest(name: str, kind: str) -> str:
     return digest_of(f"{normalise_tag(name)}:{kind}")
+
+
+# Embeddings, copy, create -----------------------------------------------------------------
+
+
+def _vector(text: str, size: int = m.HIDDEN_SIZE) -> list[float]:
+    """A deterministic unit vector for a text (same text, same embedding)."""
+    seed = hashlib.sha256(text.encode()).digest()
+    raw = [((seed[i % 32] * (i + 1)) % 251) / 125.0 - 1.0 for i in range(size)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [round(x / norm, 6) for x in raw]
+
+
+async def _embed_inputs(
+    state: SimState, request: Request
+) -> tuple[str, list[str], dict[str, Any]] | Response:
+    body = await json_body(request)
+    name = model_field(body)
+    if not name:
+        return api_error("model is required", 400)
+    raw = body.get("input", body.get("prompt"))
+    if isinstance(raw, str):
+        inputs = [raw]
+    elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        inputs = list(raw)
+    elif raw is None:
+        inputs = []
+    else:
+        # server/routes.go EmbedHandler
+        return api_error("invalid input type", 400)
+    if normalise_tag(name) not in state.pulled:
+        # server/routes.go EmbedHandler: 404 "model '%s' not found"
+        return api_error(f"model '{name}' not found", 404)
+    await ensure_loaded(state, name, keep_alive_seconds(body.get("keep_alive")))
+    return name, inputs, body
+
+
+async def embed(state: SimState, request: Request) -> Response:
+    """POST /api/embed -> api.EmbedResponse (server/routes.go EmbedHandler)."""
+    got = await _embed_inputs(state, request)
+    if isinstance(got, Response):
+        return got
+    name, inputs, _ = got
+    tokens = sum(gen.count_tokens(t) for t in inputs)
+    body: dict[str, Any] = {"model": name, "embeddings": [_vector(t) for t in inputs]}
+    if inputs:
+        body.update(total_duration=2_000_000, load_duration=1_000_000, prompt_eval_count=tokens)
+    return JSONResponse(body)
+
+
+async def embeddings(state: SimState, request: Request) -> Response:
+    """POST /api/embeddings (legacy) -> api.EmbeddingResponse {"embedding": [...]}."""
+    got = await _embed_inputs(state, request)
+    if isinstance(got, Response):
+        return got
+    _, inputs, _ = got
+    return JSONResponse({"embedding": _vector(inputs[0]) if inputs and inputs[0] else []})
+
+
+async def openai_embeddings(state: SimState, request: Request) -> Response:
+    """POST /v1/embeddings -> openai.ToEmbeddingList."""
+    got = await _embed_inputs(state, request)
+    if isinstance(got, Response):
+        body = json.loads(bytes(got.body))
+        error = {"message": body.get("error", ""), "type": "invalid_request_error"}
+        if got.status_code == 404:
+            error["type"] = "not_found_error"
+        return JSONResponse(
+            {"error": {**error, "param": None, "code": None}}, status_code=got.status_code
+        )
+    name, inputs, _ = got
+    tokens = sum(gen.count_tokens(t) for t in inputs)
+    data = [
+        {"object": "embedding", "embedding": _vector(t), "index": i} for i, t in enumerate(inputs)
+    ]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+async def copy(state: SimState, request: Request) -> Response:
+    """POST /api/copy (server/routes.go CopyHandler): 200 with an empty body."""
+    body = await json_body(request)
+    source, destination = str(body.get("source") or ""), str(body.get("destination") or "")
+    if not body:
+        return api_error("missing request body", 400)
+    if not source:
+        return api_error(f"source {source!r} is invalid".replace("'", '"'), 400)
+    if not destination:
+        return api_error(f"destination {destination!r} is invalid".replace("'", '"'), 400)
+    if normalise_tag(source) not in state.pulled:
+        return api_error(f'model "{source}" not found', 404)
+    state.pulled[normalise_tag(destination)] = time.time()
+    state.aliases[normalise_tag(destination)] = state.aliases.get(
+        normalise_tag(source), normalise_tag(source)
+    )
+    return Response(status_code=200)
+
+
+async def create(state: SimState, request: Request) -> Response:
+    """POST /api/create from an existing model (``from``): a status stream, then "success"."""
+    body = await json_body(request)
+    name = model_field(body)
+    if not name:
+        return api_error("model is required", 400)
+    base = str(body.get("from") or "")
+    if not base:
+        # server/create.go: without files or a base model there is nothing to create from.
+        return api_error("neither 'from' or 'files' was specified", 400)
+    if normalise_tag(base) not in state.pulled:
+        return api_error(f"model '{base}' not found", 404)
+    statuses = [
+        {"status": f"using existing layer sha256:{state.digest(base)}"},
+        {"status": "writing manifest"},
+        {"status": "success"},
+    ]
+    state.pulled[normalise_tag(name)] = time.time()
+    state.aliases[normalise_tag(name)] = state.aliases.get(normalise_tag(base), normalise_tag(base))
+    if body.get("stream") is False:
+        return JSONResponse({"status": "success"})
+
+    async def lines() -> AsyncIterator[bytes]:
+        for status in statuses:
+            yield (json.dumps(status) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

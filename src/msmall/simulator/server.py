@@ -13,12 +13,15 @@ import contextlib
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from msmall.simulator.app import build_app
 from msmall.simulator.config import OLLAMA_VERSION, SimulatorConfig
+from msmall.simulator.engine import wake_sleepers
 from msmall.simulator.state import SimState
 from msmall.simulator.vllm_app import ENGINE_DEAD
 from msmall.simulator.vllm_startup import vllm_load, vllm_routes
@@ -43,10 +46,37 @@ class _Server(uvicorn.Server):
             self._on_ready()
 
 
+class StampedH11(H11Protocol):
+    """uvicorn's h11 protocol, stamping each request with the moment its bytes arrived
+    (``scope["state"]["msmall_arrived"]``, time.monotonic()).
+
+    The simulated engine's clock (TTFT) starts there, not when the handler finally runs: with
+    64 requests arriving at once the last handler starts tens of milliseconds later on a busy
+    core, and that is the simulator's overhead, not the engine's latency it injects.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        before = getattr(self, "scope", None)
+        super().data_received(data)
+        scope = getattr(self, "scope", None)
+        if scope is not None and scope is not before:
+            state = scope.get("state")
+            if isinstance(state, dict):
+                state["msmall_arrived"] = now
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind without listening: the port is taken, connections are refused."""
+    """Bind without listening: the port is taken, connections are refused.
+
+    The protocol must be IPPROTO_TCP, not 0: asyncio (base_events._set_nodelay) sets TCP_NODELAY
+    on accepted connections only when ``sock.proto == IPPROTO_TCP``, and an accepted socket
+    inherits the listening socket's proto. Without no-delay every response on a kept-alive
+    connection waits ~40 ms for the client's delayed ACK (Nagle). Real vLLM (uvloop) and Ollama
+    (Go's net package) set no-delay on every connection.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -82,6 +112,7 @@ class _Runner:
         """Signal handler and thread-safe stop target: shut down cleanly, exit code unchanged."""
         if self.stop is not None:
             self.stop.set()
+        wake_sleepers()
         if self.server is not None:
             self.server.should_exit = True
 
@@ -98,6 +129,11 @@ class _Runner:
             _log_bind_error(state, exc)
             return 1
         port = sock.getsockname()[1]
+        # Starlette's StreamingResponse runs on anyio, whose asyncio backend is imported on
+        # first use: ~60 ms inside the first streamed request's TTFT. Load it now.
+        import anyio
+
+        await anyio.sleep(0)
         try:
             if config.flavor == "vllm":
                 failed = await vllm_load(state, port)
@@ -116,6 +152,7 @@ class _Runner:
                 log_level="warning",
                 lifespan="off",
                 timeout_graceful_shutdown=1,
+                http=StampedH11,
             )
             self.server = _Server(uv_config, self._on_ready)
             if self.stop.is_set():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from msmall.models import MISTRAL_SMALL_3_1 as m
 from msmall.simulator.config import SimulatorConfig
+from msmall.simulator.engine import EngineModel
 from msmall.simulator.logs import OllamaLog, VllmLog
 
 OLLAMA_REGISTRY = "registry.ollama.ai/library"
@@ -73,8 +74,19 @@ class SimState:
         self.ollama_log = OllamaLog(config.quiet)
         self.stop: asyncio.Event | None = None
         self.pulled: dict[str, float] = {}
+        # Ollama: copied / created names -> the model they are (same digest and size).
+        self.aliases: dict[str, str] = {}
         self.loaded: dict[str, LoadedModel] = {}
         self._load_lock: asyncio.Lock | None = None
+        self.engine = EngineModel(
+            max_num_seqs=config.num_seqs,
+            kv_tokens=config.kv_tokens,
+            ttft=config.ttft,
+            tpot=config.tpot,
+            knee=config.batch_knee,
+            slope=config.batch_slope,
+        )
+        self._draws: dict[str, int] = {}
         if config.flavor == "ollama":
             if config.pulled:
                 self.pulled[normalise_tag(config.model_name)] = time.time()
@@ -92,6 +104,16 @@ class SimState:
         except asyncio.TimeoutError:
             pass
 
+    def draw(self, mode: str) -> bool:
+        """Whether this request gets a fractional fail mode: request i of the mode gets it when
+        floor((i + 1) * rate) > floor(i * rate), so any 10 in a row at 0.3 include exactly 3."""
+        rate = self.config.fail_rate(mode)
+        if rate >= 1 or rate <= 0:
+            return rate >= 1
+        i = self._draws.get(mode, 0)
+        self._draws[mode] = i + 1
+        return int((i + 1) * rate + 1e-9) > int(i * rate + 1e-9)
+
     @property
     def load_lock(self) -> asyncio.Lock:
         if self._load_lock is None:
@@ -101,12 +123,14 @@ class SimState:
     # Ollama models -------------------------------------------------------------------------
 
     def model_bytes(self, name: str) -> int:
+        name = self.aliases.get(normalise_tag(name), name)
         known = known_tag(name)
         if known and normalise_tag(name) == normalise_tag(self.config.model_name):
             return self.config.pull_total_bytes
         return known[1] if known else self.config.pull_total_bytes
 
     def quantization(self, name: str) -> str:
+        name = self.aliases.get(normalise_tag(name), name)
         known = known_tag(name)
         return known[0] if known else "Q4_K_M"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -16,12 +17,27 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from msmall.simulator import generation as gen
-from msmall.simulator.chat import ChatError, ChatRequest, Completion, Dialect, handle_chat
+from msmall.simulator.chat import (
+    ChatError,
+    ChatRequest,
+    Completion,
+    Dialect,
+    handle_chat,
+    logprobs_content,
+    text_logprobs,
+    usage,
+)
 from msmall.simulator.config import VLLM_VERSION
 from msmall.simulator.images import ImageError
 from msmall.simulator.state import SimState
 
 ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+# vllm/v1/engine/exceptions.py EngineDeadError.CLIENT_MESSAGE: what a client gets (HTTP 500,
+# InternalServerError) once the engine died (serve/exception_handling/error_response.py).
+ENGINE_DEAD_CLIENT = "The server had an error while processing your request."
+# vllm/entrypoints/serve/utils/fingerprint.py build_system_fingerprint, mode "full", TP 1:
+# "vllm-<version>-<8 hex of vllm_config.compute_hash()>".
+SYSTEM_FINGERPRINT = f"vllm-{VLLM_VERSION}-5e2b0c1d"
 
 
 def vllm_error(
@@ -32,11 +48,268 @@ def vllm_error(
     return JSONResponse(body, status_code=status)
 
 
+class VLLMValidationError(ValueError):
+    """vllm/exceptions.py VLLMValidationError: str() appends "(parameter=..., value=...)"; repr()
+    is the bare message (it shows up in validation error texts)."""
+
+    def __init__(self, message: str, parameter: str | None = None, value: Any = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.value = value
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        extras = []
+        if self.parameter is not None:
+            extras.append(f"parameter={self.parameter}")
+        if self.value is not None:
+            extras.append(f"value={self.value}")
+        return f"{base} ({', '.join(extras)})" if extras else base
+
+
+def validation_failure(errors: list[Any], param: str | None = None) -> ChatError:
+    """What vLLM answers a RequestValidationError with
+    (serve/exception_handling/handlers/validation.py validation_exception_handler): 400,
+    type "Bad Request", message "N validation error(s):" and one line per error, each the str()
+    of pydantic's error dict with ``loc`` joined by dots and a container ``input`` summarised."""
+    count = len(errors)
+    label = "error" if count == 1 else "errors"
+    message = f"{count} validation {label}:\n" + "".join(f"  {e}\n" for e in errors[:10])
+    return ChatError(message.rstrip(), 400, "Bad Request", param)
+
+
+def _summarise(value: Any) -> Any:
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    if isinstance(value, str):
+        return value[:200] + "...[truncated]" if len(value) > 200 else value
+    return str(value)
+
+
+def model_validator_failure(exc: VLLMValidationError, body: dict) -> ChatError:
+    error = {
+        "type": "value_error",
+        "loc": "body",
+        "msg": f"Value error, {exc}",
+        "input": _summarise(body),
+        "ctx": {"error": exc},
+    }
+    return validation_failure([error], exc.parameter)
+
+
+def check_chat_body(body: dict[str, Any]) -> None:
+    """ChatCompletionRequest's model validators (chat_completion/protocol.py), in the order
+    pydantic runs "before" validators: the last defined runs first."""
+    # check_tool_usage
+    if "tools" in body and isinstance(body["tools"], list) and not body["tools"]:
+        raise VLLMValidationError(
+            "`tools` must not be an empty array. "
+            "Either provide at least one tool or omit the field entirely.",
+            parameter="tools",
+        )
+    choice = body.get("tool_choice")
+    if choice is not None and choice != "none":
+        if body.get("tools") is None:
+            raise VLLMValidationError(
+                "When using `tool_choice`, `tools` must be set.", parameter="tool_choice"
+            )
+        if choice not in ("auto", "required") and not isinstance(choice, dict):
+            raise VLLMValidationError(
+                f"Invalid value for `tool_choice`: {choice}! "
+                'Only named tools, "none", "auto" or "required" are supported.',
+                parameter="tool_choice",
+            )
+        usage = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
+        if isinstance(choice, dict):
+            function = choice.get("function")
+            if not isinstance(function, dict):
+                raise VLLMValidationError(
+                    f"Invalid value for `function`: `{function}` in `tool_choice`! {usage}",
+                    parameter="tool_choice.function",
+                )
+            if "name" not in function:
+                raise VLLMValidationError(
+                    f"Expected field `name` in `function` in `tool_choice`! {usage}",
+                    parameter="tool_choice.function.name",
+                )
+            name = function["name"]
+            if not isinstance(name, str) or not name:
+                raise VLLMValidationError(
+                    f"Invalid `name` in `function`: `{name}` in `tool_choice`! {usage}",
+                    parameter="tool_choice.function.name",
+                )
+            names = [
+                (t.get("function") or {}).get("name")
+                for t in body.get("tools") or []
+                if isinstance(t, dict)
+            ]
+            if name not in names:
+                raise VLLMValidationError(
+                    "The tool specified in `tool_choice` does not match any of the specified "
+                    "`tools`",
+                    parameter="tool_choice",
+                )
+    # check_logprobs
+    for name in ("prompt_logprobs", "top_logprobs"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise VLLMValidationError(f"`{name}` must be an integer.", parameter=name, value=value)
+    top = body.get("top_logprobs")
+    if top is not None:
+        if top < 0 and top != -1:
+            raise VLLMValidationError(
+                "`top_logprobs` must be a positive value or -1.",
+                parameter="top_logprobs",
+                value=top,
+            )
+        if (top > 0 or top == -1) and not body.get("logprobs"):
+            raise VLLMValidationError(
+                "when using `top_logprobs`, `logprobs` must be set to true.",
+                parameter="top_logprobs",
+            )
+    # validate_stream_options
+    if body.get("stream_options") and not body.get("stream"):
+        raise VLLMValidationError(
+            "Stream options can only be defined when `stream=True`.", parameter="stream_options"
+        )
+    # validate_response_format
+    rf = body.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") == "json_schema" and rf.get("json_schema") is None:
+        raise VLLMValidationError(
+            "When response_format type is 'json_schema', the 'json_schema' field must be provided.",
+            parameter="response_format",
+        )
+
+
+# Pydantic's lax-mode messages (pydantic-core errors/types.rs) for the scalar fields clients get
+# wrong most often.
+_FLOAT_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty",
+                 "repetition_penalty", "min_p")  # fmt: skip
+_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "min_tokens", "top_k", "seed")
+_BOOL_FIELDS = ("stream", "logprobs", "ignore_eos", "echo", "skip_special_tokens")
+
+
+def _bool_fields(body: dict[str, Any]) -> tuple[str, ...]:
+    # /v1/completions' logprobs is an int (completion/protocol.py), chat's a bool.
+    return _BOOL_FIELDS if "messages" in body else tuple(f for f in _BOOL_FIELDS if f != "logprobs")
+
+
+def type_errors(body: dict[str, Any]) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
+    for name in _FLOAT_FIELDS:
+        value = body.get(name)
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            continue
+        if isinstance(value, str):
+            try:
+                float(value)
+                continue
+            except ValueError:
+                errors.append(
+                    _type_error(
+                        "float_parsing",
+                        name,
+                        "Input should be a valid number, unable to parse string as a number",
+                        value,
+                    )
+                )
+        elif not isinstance(value, bool):
+            errors.append(_type_error("float_type", name, "Input should be a valid number", value))
+    for name in _INT_FIELDS:
+        value = body.get(name)
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            continue
+        if isinstance(value, float):
+            if not value.is_integer():
+                errors.append(
+                    _type_error(
+                        "int_from_float",
+                        name,
+                        "Input should be a valid integer, got a number with a fractional part",
+                        value,
+                    )
+                )
+        elif isinstance(value, str):
+            if not value.strip().lstrip("-").isdigit():
+                errors.append(
+                    _type_error(
+                        "int_parsing",
+                        name,
+                        "Input should be a valid integer, unable to parse string as an integer",
+                        value,
+                    )
+                )
+        elif not isinstance(value, bool):
+            errors.append(_type_error("int_type", name, "Input should be a valid integer", value))
+    for name in _bool_fields(body):
+        value = body.get(name)
+        if value is None or isinstance(value, bool):
+            continue
+        if (value in (0, 1) and not isinstance(value, float)) or (
+            isinstance(value, str) and value.lower() in _BOOL_WORDS
+        ):
+            continue
+        kind = "bool_parsing" if isinstance(value, (str, int)) else "bool_type"
+        msg = (
+            "Input should be a valid boolean, unable to interpret input"
+            if kind == "bool_parsing"
+            else "Input should be a valid boolean"
+        )
+        errors.append(_type_error(kind, name, msg, value))
+    return errors
+
+
+_BOOL_WORDS = {"0", "off", "f", "false", "n", "no", "1", "on", "t", "true", "y", "yes"}
+
+
+def _type_error(kind: str, name: str, msg: str, value: Any) -> dict[str, Any]:
+    return {"type": kind, "loc": f"body.{name}", "msg": msg, "input": _summarise(value)}
+
+
 class VllmDialect(Dialect):
     tool_id_style = "mistral"
 
     def error(self, exc: ChatError) -> Response:
         return vllm_error(exc.message, exc.status, exc.kind, exc.param)
+
+    def check_request(self, request: Request, body: Any) -> None:
+        if body is None:
+            # serve/utils/api_utils.py validate_json_request, a dependency of every POST route.
+            media = request.headers.get("content-type", "").lower().split(";", 1)[0].strip()
+            if media != "application/json":
+                raise validation_failure(
+                    ["Unsupported Media Type: Only 'application/json' is allowed"]
+                )
+            return
+        try:
+            if "messages" in body:
+                check_chat_body(body)
+        except VLLMValidationError as exc:
+            raise model_validator_failure(exc, body) from None
+        errors = type_errors(body)
+        if errors:
+            raise validation_failure(errors, errors[0]["loc"])
+        for key in _INT_FIELDS + _FLOAT_FIELDS:
+            if isinstance(body.get(key), str):
+                body[key] = float(body[key]) if key in _FLOAT_FIELDS else int(body[key])
+            elif key in _INT_FIELDS and isinstance(body.get(key), float):
+                body[key] = int(body[key])
+        for key in _bool_fields(body):
+            value = body.get(key)
+            if isinstance(value, str):
+                body[key] = value.lower() in ("1", "on", "t", "true", "y", "yes")
+            elif isinstance(value, int) and not isinstance(value, bool):
+                body[key] = bool(value)
+
+    def default_model(self) -> str | None:
+        # The request's model is optional (protocol.py "model: str | None = None"); serving.py
+        # _check_model lets None through and the first served name answers.
+        return self.state.config.model_name
+
+    def response_model(self, request: ChatRequest) -> str:
+        # serving.py: model_name = self.models.model_name(lora_request), the first
+        # --served-model-name whatever alias the request used.
+        return self.state.config.model_name
 
     def check_model(self, name: str) -> None:
         if name not in self.state.config.model_names:
@@ -57,19 +330,59 @@ class VllmDialect(Dialect):
     def check_lengths(self, request: ChatRequest) -> None:
         limit = self.state.config.context_length
         used = request.prompt.tokens
-        if used >= limit:
-            raise ChatError(
-                f"This model's maximum context length is {limit} tokens. However, your request has "
-                f"{used} input tokens. Please reduce the length of the input messages.",
-                param="input_tokens",
-            )
         wanted = request.max_tokens
-        if wanted is not None and used + wanted > limit:
-            raise ChatError(
-                f"'max_tokens' or 'max_completion_tokens' is too large: {wanted}. This model's "
-                f"maximum context length is {limit} tokens and your request has {used} input "
-                f"tokens ({wanted} > {limit} - {used}).",
-                param="max_tokens",
+        param = request.max_tokens_param
+        # vllm/renderers/params.py TokenizeParams.__post_init__: an output budget larger than
+        # the whole context is refused...
+        if wanted is not None and wanted > limit:
+            raise _bad(
+                VLLMValidationError(
+                    f"{param}={wanted} cannot be greater than max_model_len={limit}. "
+                    "Please request fewer output tokens.",
+                    parameter=param,
+                    value=wanted,
+                )
+            )
+        # ... _token_len_check: so is a prompt longer than the context ...
+        if used > limit:
+            raise _bad(
+                VLLMValidationError(
+                    f"This model's maximum context length is {limit} tokens. However, your "
+                    f"prompt contains {used} input tokens, which exceeds this limit even "
+                    "without any output tokens. Please reduce the length of the input prompt.",
+                    parameter="input_tokens",
+                    value=used,
+                )
+            )
+        # ... and serve/utils/api_utils.py get_max_tokens clamps the rest to what is left:
+        # min(max_model_len - input_length, max_tokens).
+        left = limit - used
+        request.limits.max_tokens = left if wanted is None else min(wanted, left)
+        # vllm/sampling_params.py _verify_args / _verify_num_sequences, in that order.
+        if request.n < 1:
+            raise _bad(VLLMValidationError(f"n must be at least 1, got {request.n}."))
+        max_tokens = request.limits.max_tokens
+        if max_tokens is not None and max_tokens < 1:
+            raise _bad(
+                VLLMValidationError(
+                    f"max_tokens must be at least 1, got {max_tokens}.",
+                    parameter="max_tokens",
+                    value=max_tokens,
+                )
+            )
+        if request.limits.min_tokens < 0:
+            raise _bad(
+                VLLMValidationError(
+                    "min_tokens must be greater than or equal to 0, got "
+                    f"{request.limits.min_tokens}."
+                )
+            )
+        if max_tokens is not None and request.limits.min_tokens > max_tokens:
+            raise _bad(
+                VLLMValidationError(
+                    f"min_tokens must be less than or equal to max_tokens={max_tokens}, got "
+                    f"{request.limits.min_tokens}."
+                )
             )
 
     def tool_mode(self, request: ChatRequest) -> str:
@@ -83,71 +396,150 @@ class VllmDialect(Dialect):
                 )
             label = choice if isinstance(choice, str) else json.dumps(choice)
             raise ChatError(f'tool_choice="{label}" requires --tool-call-parser to be set')
-        if config.failing("tools-as-text") and choice in (None, "auto"):
+        if choice in (None, "auto") and self.state.draw("tools-as-text"):
             # Named and "required" tool choices use structured outputs, so they still parse;
             # only "auto" needs the parser, and without it the raw text comes back.
             return "text"
         return "call"
 
-    def response_body(self, cid: str, request: ChatRequest, completion: Completion) -> dict:
-        tool_calls = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments_json},
-            }
-            for call in completion.tool_calls
-        ]
-        message = {
+    def message(self, completion: Completion) -> dict[str, Any]:
+        message: dict[str, Any] = {
             "role": "assistant",
-            "content": None if tool_calls else completion.text,
+            # chat_completion/message_assembly.py assemble_chat_message_fields: forced tool
+            # calls ("required", named) get content "" ; auto calls keep the parser's None.
+            "content": ("" if completion.forced else None)
+            if completion.tool_calls
+            else completion.text,
             "refusal": None,
             "annotations": None,
             "audio": None,
             "function_call": None,
-            "tool_calls": tool_calls,
-            "reasoning_content": None,
         }
+        if completion.tool_calls:
+            # protocol.py ChatMessage._serialize drops an empty tool_calls list.
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments_json},
+                }
+                for call in completion.tool_calls
+            ]
+        message["reasoning"] = None
+        return message
+
+    def response_body(self, cid: str, request: ChatRequest, completion: Completion) -> dict:
+        choices = []
+        for index in range(request.n):
+            logprobs = None
+            if request.logprobs:
+                logprobs = {"content": logprobs_content(completion.deltas, request.top_logprobs)}
+            choices.append(
+                {
+                    "index": index,
+                    "message": self.message(completion),
+                    "logprobs": logprobs,
+                    "finish_reason": completion.finish_reason,
+                    "stop_reason": completion.stop_reason,
+                    "token_ids": None,
+                }
+            )
         return {
             "id": cid,
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": request.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": completion.finish_reason,
-                    "stop_reason": None,
-                }
-            ],
+            "model": self.response_model(request),
+            "choices": choices,
             "service_tier": None,
-            "system_fingerprint": None,
-            "usage": {**_usage(request, completion), "prompt_tokens_details": None},
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "usage": {**usage(request, completion), "prompt_tokens_details": None},
             "prompt_logprobs": None,
+            "prompt_token_ids": None,
             "kv_transfer_params": None,
         }
 
-    def chunk(self, cid: str, request: ChatRequest, delta: dict, finish: str | None) -> dict:
+    def text_response_body(self, cid: str, request: ChatRequest, completion: Completion) -> dict:
+        # vllm/entrypoints/openai/completion/protocol.py CompletionResponse.
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.response_model(request),
+            "choices": [
+                {
+                    "index": index,
+                    "text": completion.text,
+                    "logprobs": text_logprobs(completion.deltas, request.top_logprobs)
+                    if request.logprobs
+                    else None,
+                    "finish_reason": completion.finish_reason,
+                    "stop_reason": completion.stop_reason,
+                    "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "token_ids": None,
+                }
+                for index in range(request.n)
+            ],
+            "service_tier": None,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "usage": {**usage(request, completion), "prompt_tokens_details": None},
+            "kv_transfer_params": None,
+        }
+
+    def chunk(
+        self, cid: str, request: ChatRequest, delta: dict, finish: str | None, index: int = 0
+    ) -> dict:
         choice: dict[str, Any] = {
-            "index": 0,
+            "index": index,
             "delta": delta,
             "logprobs": None,
             "finish_reason": finish,
         }
         if finish is not None:
             choice["stop_reason"] = None
-        return {
+        chunk = {
             "id": cid,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
-            "model": request.model,
+            "model": self.response_model(request),
             "choices": [choice],
+        }
+        # serving.py chat_completion_stream_generator: the fingerprint is stamped on terminal
+        # chunks only, and on the trailing usage chunk instead when include_usage is on.
+        if finish is not None and not request.include_usage:
+            chunk["system_fingerprint"] = SYSTEM_FINGERPRINT
+        return chunk
+
+    def usage_chunk(self, cid: str, request: ChatRequest, usage: dict) -> dict:
+        return {
+            **super().usage_chunk(cid, request, usage),
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+
+    def text_chunk(
+        self, cid: str, request: ChatRequest, text: str, finish: str | None, index: int = 0
+    ) -> dict:
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.response_model(request),
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [
+                {
+                    "index": index,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "stop_reason": None,
+                }
+            ],
         }
 
     def tool_call_deltas(self, calls: list[gen.ToolCall]) -> list[dict]:
-        # Mistral's streaming parser sends the name first, then the arguments in pieces.
+        # vllm/parser/mistral.py, the pre-v11 path (Mistral Small 3.1's tekken v7 tokenizer):
+        # the name first (with the 9-character id), then the arguments in pieces; every delta
+        # is a DeltaToolCall(index, type="function") made afresh, so "type" is in each one.
         deltas = []
         for index, call in enumerate(calls):
             head = {
@@ -160,20 +552,25 @@ class VllmDialect(Dialect):
             text = call.arguments_json
             step = max(1, len(text) // 4)
             for start in range(0, len(text), step):
-                piece = {"index": index, "function": {"arguments": text[start : start + step]}}
+                piece = {
+                    "index": index,
+                    "type": "function",
+                    "function": {"arguments": text[start : start + step]},
+                }
                 deltas.append({"tool_calls": [piece]})
         return deltas
 
     def last_delta(self) -> dict:
         return {"content": ""}
 
+    def headers(self, request: Request) -> dict[str, str]:
+        return {}
 
-def _usage(request: ChatRequest, completion: Completion) -> dict[str, int]:
-    return {
-        "prompt_tokens": request.prompt.tokens,
-        "total_tokens": request.prompt.tokens + completion.completion_tokens,
-        "completion_tokens": completion.completion_tokens,
-    }
+
+def _bad(exc: VLLMValidationError) -> ChatError:
+    """serve/exception_handling/error_response.py create_error_response for a
+    VLLMValidationError raised while serving: 400 BadRequestError, param = exc.parameter."""
+    return ChatError(str(exc), 400, "BadRequestError", exc.parameter)
 
 
 class ApiKeyGuard:
@@ -181,7 +578,7 @@ class ApiKeyGuard:
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}"
+        self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -190,10 +587,39 @@ class ApiKeyGuard:
             and scope["method"] != "OPTIONS"
         ):
             headers = dict(scope.get("headers") or [])
-            if headers.get(b"authorization", b"").decode("latin-1") != self.expected:
+            value = headers.get(b"authorization", b"").decode("latin-1")
+            # serve/middleware/authenticate.py verify_token: the scheme is matched
+            # case-insensitively ("bearer", "BEARER"), the key exactly.
+            scheme, _, key = value.partition(" ")
+            if scheme.lower() != "bearer" or key != self.api_key:
                 await JSONResponse({"error": "Unauthorized"}, status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class XRequestId:
+    """serve/middleware/x_request_id.py XRequestIdMiddleware (--enable-request-id-headers):
+    the request's X-Request-Id echoed, or a new uuid4 hex."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id") or uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", rid)],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class AccessLog:
@@ -273,8 +699,13 @@ def build_vllm_app(state: SimState) -> Starlette:
 
     async def chat(request: Request) -> Response:
         if not state.healthy:
-            return vllm_error(ENGINE_DEAD, 503, "ServiceUnavailableError")
+            return vllm_error(ENGINE_DEAD_CLIENT, 500, "InternalServerError")
         return await handle_chat(request, dialect)
+
+    async def completions(request: Request) -> Response:
+        if not state.healthy:
+            return vllm_error(ENGINE_DEAD_CLIENT, 500, "InternalServerError")
+        return await handle_chat(request, dialect, "text")
 
     async def load(request: Request) -> Response:
         return JSONResponse({"server_load": 0})
@@ -285,15 +716,7 @@ def build_vllm_app(state: SimState) -> Starlette:
     async def metrics(request: Request) -> Response:
         label = f'engine="0",model_name="{config.model_name}"'
         lines = [
-            "# HELP vllm:num_requests_running Number of requests in model execution batches.",
-            "# TYPE vllm:num_requests_running gauge",
-            f"vllm:num_requests_running{{{label}}} 0.0",
-            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
-            "# TYPE vllm:num_requests_waiting gauge",
-            f"vllm:num_requests_waiting{{{label}}} 0.0",
-            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.",
-            "# TYPE vllm:kv_cache_usage_perc gauge",
-            f"vllm:kv_cache_usage_perc{{{label}}} 0.0",
+            *state.engine.metric_lines(label),
             "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
             "# TYPE vllm:prompt_tokens_total counter",
             f"vllm:prompt_tokens_total{{{label}}} {float(state.prompt_tokens_total)}",
@@ -317,10 +740,16 @@ def build_vllm_app(state: SimState) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
     ]
+    from msmall.simulator.vllm_extra import add_routes
+
+    add_routes(routes, dialect)
     middleware = [Middleware(AccessLog, state=state)]
     if config.api_key:
         middleware.append(Middleware(ApiKeyGuard, api_key=config.api_key))
+    if config.request_id_headers:
+        middleware.append(Middleware(XRequestId))
     app = Starlette(
         routes=routes,
         middleware=middleware,
@@ -341,5 +770,10 @@ LOGGED_ROUTES = (
     ("/version", "GET"),
     ("/v1/models", "GET"),
     ("/v1/chat/completions", "POST"),
+    ("/v1/completions", "POST"),
+    ("/v1/responses", "POST"),
+    ("/v1/messages", "POST"),
+    ("/tokenize", "POST"),
+    ("/detokenize", "POST"),
     ("/metrics", "GET"),
 )

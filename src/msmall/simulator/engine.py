@@ -1,0 +1,288 @@
+"""A small, honest load model of the engine's scheduler, and the metrics vLLM exports about it.
+
+* At most ``max_num_seqs`` sequences run at once (vLLM's --max-num-seqs; Ollama's
+  OLLAMA_NUM_PARALLEL). A request also needs KV-cache room for its prompt plus the tokens it
+  will generate; the running requests together never hold more than ``kv_tokens``. The rest
+  wait in arrival order (FIFO, like vLLM's default "fcfs" scheduling policy).
+* Token times are deadlines: token k of a request is due at ``admitted + ttft + sum(tpot_i)``,
+  so sleeping never accumulates lateness (each token used to sleep tpot after the last one
+  was sent, which added the event loop's latency to every token).
+* The time per output token grows with the batch above a knee (decode becomes compute-bound):
+  ``tpot * (1 + slope * max(0, running - knee) / knee)``. Defaults: knee 64, slope 1.0, so 128
+  running sequences decode at half speed. Both are SimulatorConfig knobs (--batch-knee,
+  --batch-slope); slope 0 keeps TPOT flat at any batch.
+
+Metric names, help texts and histogram buckets follow vllm/v1/metrics/loggers.py
+(PrometheusStatLogger.__init__) and vllm/v1/metrics/buckets.py of vLLM 0.33.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+# vllm/v1/metrics/buckets.py TIME_TO_FIRST_TOKEN_BUCKETS, INTER_TOKEN_LATENCY_BUCKETS,
+# REQUEST_LATENCY_BUCKETS.
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+ITL_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+
+
+@dataclass
+class Histogram:
+    name: str
+    help: str
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are cumulative "le" bounds; store per-bucket, sum on export.
+        index = bisect.bisect_left(self.buckets, value)
+        if index < len(self.counts):
+            self.counts[index] += 1
+        self.total += value
+        self.count += 1
+
+    def lines(self, label: str) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        running = 0
+        for bound, n in zip(self.buckets, self.counts, strict=True):
+            running += n
+            out.append(f'{self.name}_bucket{{{label},le="{bound}"}} {float(running)}')
+        out.append(f'{self.name}_bucket{{{label},le="+Inf"}} {float(self.count)}')
+        out.append(f"{self.name}_count{{{label}}} {float(self.count)}")
+        out.append(f"{self.name}_sum{{{label}}} {self.total}")
+        return out
+
+
+class Sequence:
+    """One admitted request: its token deadlines and its share of the KV cache."""
+
+    def __init__(self, engine: EngineModel, kv_need: int, arrived: float) -> None:
+        self.engine = engine
+        self.kv_need = kv_need
+        self.arrived = arrived
+        self.admitted = arrived
+        self.next_due = arrived
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.tokens = 0
+        self.done = False
+
+    def first_deadline(self) -> float:
+        self.next_due = self.admitted + self.engine.ttft
+        return self.next_due
+
+    def next_deadline(self) -> float:
+        """The deadline of the next token after the one just due."""
+        self.next_due += self.engine.tpot_now()
+        return self.next_due
+
+    def emitted(self, count: int = 1) -> None:
+        now = time.monotonic()
+        if self.first_at is None:
+            self.first_at = now
+            self.engine.hist["ttft"].observe(now - self.arrived)
+        elif self.last_at is not None and count:
+            self.engine.hist["itl"].observe((now - self.last_at) / count)
+        self.last_at = now
+        self.tokens += count
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        engine = self.engine
+        engine.release(self)
+        now = time.monotonic()
+        hist = engine.hist
+        hist["e2e"].observe(now - self.arrived)
+        hist["queue"].observe(self.admitted - self.arrived)
+        hist["inference"].observe(now - self.admitted)
+        if self.first_at is not None and self.tokens > 1:
+            hist["tpot"].observe((now - self.first_at) / (self.tokens - 1))
+
+
+class EngineModel:
+    def __init__(
+        self,
+        max_num_seqs: int,
+        kv_tokens: int,
+        ttft: float,
+        tpot: float,
+        knee: int = 64,
+        slope: float = 1.0,
+    ) -> None:
+        self.max_num_seqs = max(1, max_num_seqs)
+        self.kv_tokens = max(1, kv_tokens)
+        self.ttft = ttft
+        self.tpot = tpot
+        self.knee = max(1, knee)
+        self.slope = slope
+        self.running: list[Sequence] = []
+        self.waiting: deque[tuple[Sequence, asyncio.Future[None]]] = deque()
+        self.kv_used = 0
+        self.hist = {
+            "ttft": Histogram(
+                "vllm:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+                TTFT_BUCKETS,
+            ),
+            "itl": Histogram(
+                "vllm:inter_token_latency_seconds",
+                "Histogram of inter-token latency in seconds.",
+                ITL_BUCKETS,
+            ),
+            "tpot": Histogram(
+                "vllm:request_time_per_output_token_seconds",
+                "Histogram of time_per_output_token_seconds per request.",
+                ITL_BUCKETS,
+            ),
+            "e2e": Histogram(
+                "vllm:e2e_request_latency_seconds",
+                "Histogram of e2e request latency in seconds.",
+                LATENCY_BUCKETS,
+            ),
+            "queue": Histogram(
+                "vllm:request_queue_time_seconds",
+                "Histogram of time spent in WAITING phase for request.",
+                LATENCY_BUCKETS,
+            ),
+            "inference": Histogram(
+                "vllm:request_inference_time_seconds",
+                "Histogram of time spent in RUNNING phase for request.",
+                LATENCY_BUCKETS,
+            ),
+        }
+
+    def tpot_now(self) -> float:
+        over = max(0, len(self.running) - self.knee)
+        return self.tpot * (1.0 + self.slope * over / self.knee)
+
+    @property
+    def kv_usage(self) -> float:
+        return min(1.0, self.kv_used / self.kv_tokens)
+
+    def _fits(self, seq: Sequence) -> bool:
+        if len(self.running) >= self.max_num_seqs:
+            return False
+        # A request alone always runs (its prompt + max_tokens fit max_model_len <= KV cache).
+        return not self.running or self.kv_used + seq.kv_need <= self.kv_tokens
+
+    def _start(self, seq: Sequence, at: float | None = None) -> None:
+        seq.admitted = time.monotonic() if at is None else at
+        self.running.append(seq)
+        self.kv_used += seq.kv_need
+
+    async def admit(self, kv_need: int, arrived: float | None = None) -> Sequence:
+        """Wait for a place in the running batch; FIFO, so no request overtakes an older one.
+
+        ``arrived`` (time.monotonic()) is when the request came in: a request admitted at once
+        counts its TTFT from then, so parsing it is inside the TTFT, not added to it.
+        """
+        seq = Sequence(self, kv_need, time.monotonic() if arrived is None else arrived)
+        if not self.waiting and self._fits(seq):
+            self._start(seq, seq.arrived)
+            return seq
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((seq, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(seq)  # admitted just as the client went away
+            else:
+                self.waiting = deque(w for w in self.waiting if w[0] is not seq)
+                self._wake()
+            raise
+        return seq
+
+    def release(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+            self.kv_used -= seq.kv_need
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.waiting and self._fits(self.waiting[0][0]):
+            seq, future = self.waiting.popleft()
+            if future.done():
+                continue
+            self._start(seq)
+            future.set_result(None)
+
+    def metric_lines(self, label: str) -> list[str]:
+        lines = [
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{{{label}}} {float(len(self.running))}",
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{{{label}}} {float(len(self.waiting))}",
+            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.",
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f"vllm:kv_cache_usage_perc{{{label}}} {self.kv_usage}",
+        ]
+        for hist in self.hist.values():
+            lines += hist.lines(label)
+        return lines
+
+
+# Per event loop: several simulators may run in one process (SimulatorThread), each on its own.
+_SLEEPERS: dict[asyncio.AbstractEventLoop, set[asyncio.Future[None]]] = {}
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def sleep_until(deadline: float, stop: asyncio.Event | None = None) -> None:
+    """Sleep to a time.monotonic() deadline (the event loop's clock); ``wake_sleepers()`` (the
+    server stopping) ends every such sleep at once.
+
+    As cheap as asyncio.sleep (one future, one timer): with 64 streams due at the same
+    instant, an asyncio.wait_for per token (a task, a cancellation) made the last stream's
+    token tens of milliseconds late.
+    """
+    if stop is not None and stop.is_set():
+        return
+    loop = asyncio.get_running_loop()
+    if deadline <= loop.time():
+        return
+    future: asyncio.Future[None] = loop.create_future()
+    handle = loop.call_at(deadline, _wake, future)
+    sleepers = _SLEEPERS.setdefault(loop, set())
+    sleepers.add(future)
+    try:
+        await future
+    finally:
+        handle.cancel()
+        sleepers.discard(future)
+
+
+def wake_sleepers() -> None:
+    """End every sleep_until of the running event loop now (call on its thread)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    for future in list(_SLEEPERS.pop(loop, ())):
+        _wake(future)

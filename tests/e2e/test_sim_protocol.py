@@ -1,0 +1,425 @@
+"""Wire shapes and status codes the simulator copies from vLLM 0.33 and Ollama, each pinned to
+the engine source it follows (paths inside the vllm 0.33.0 wheel and github.com/ollama/ollama).
+
+The simulators run on a background thread of this process (SimulatorThread, port 0).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from msmall.simulator import SimulatorConfig, SimulatorThread
+
+MODEL = "mistral-small-3.1"
+TAG = "mistral-small3.1:24b-instruct-2503-q4_K_M"
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def vllm() -> Iterator[httpx.Client]:
+    config = SimulatorConfig(port=0, quiet=True, max_model_len=1000)
+    with (
+        SimulatorThread(config) as sim,
+        httpx.Client(base_url=sim.base_url, trust_env=False, timeout=10) as http,
+    ):
+        yield http
+
+
+@pytest.fixture(scope="module")
+def ollama() -> Iterator[httpx.Client]:
+    config = SimulatorConfig(flavor="ollama", port=0, quiet=True, pulled=True)
+    with (
+        SimulatorThread(config) as sim,
+        httpx.Client(base_url=sim.base_url, trust_env=False, timeout=10) as http,
+    ):
+        yield http
+
+
+def chat(**extra: object) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def value_error(message: str, param: str | None, body: dict) -> dict:
+    """serve/exception_handling/handlers/validation.py validation_exception_handler for a
+    VLLMValidationError raised in a ChatCompletionRequest model validator."""
+    suffix = f" (parameter={param})" if param else ""
+    error = (
+        f"{{'type': 'value_error', 'loc': 'body', 'msg': {('Value error, ' + message + suffix)!r}, "
+        f"'input': '<dict of {len(body)} items>', 'ctx': {{'error': VLLMValidationError({message!r})}}}}"
+    )
+    return {
+        "error": {
+            "message": f"1 validation error:\n  {error}",
+            "type": "Bad Request",
+            "param": param,
+            "code": 400,
+        }
+    }
+
+
+# vLLM: request validation ----------------------------------------------------------------------
+
+
+def test_non_json_content_type_is_refused(vllm: httpx.Client) -> None:
+    # serve/utils/api_utils.py validate_json_request (a dependency of the POST routes).
+    reply = vllm.post(
+        "/v1/chat/completions",
+        content=json.dumps(chat()),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert reply.status_code == 400
+    assert reply.json() == {
+        "error": {
+            "message": "1 validation error:\n  Unsupported Media Type: Only 'application/json' "
+            "is allowed",
+            "type": "Bad Request",
+            "param": None,
+            "code": 400,
+        }
+    }
+
+
+def test_wrong_json_types_get_pydantic_errors(vllm: httpx.Client) -> None:
+    reply = vllm.post("/v1/chat/completions", json=chat(temperature="hot", n=1.5))
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["type"] == "Bad Request" and error["param"] == "body.temperature"
+    assert error["message"] == (
+        "2 validation errors:\n"
+        "  {'type': 'float_parsing', 'loc': 'body.temperature', 'msg': 'Input should be a valid "
+        "number, unable to parse string as a number', 'input': 'hot'}\n"
+        "  {'type': 'int_from_float', 'loc': 'body.n', 'msg': 'Input should be a valid integer, "
+        "got a number with a fractional part', 'input': '1.5'}"
+    )
+    # Lax mode: numeric strings are numbers.
+    assert vllm.post("/v1/chat/completions", json=chat(temperature="0.5")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("extra", "message", "param"),
+    [
+        # chat_completion/protocol.py check_tool_usage
+        (
+            {"tools": []},
+            "`tools` must not be an empty array. Either provide at least one tool or omit the "
+            "field entirely.",
+            "tools",
+        ),
+        (
+            {"tool_choice": "auto"},
+            "When using `tool_choice`, `tools` must be set.",
+            "tool_choice",
+        ),
+        (
+            {"tools": [TOOL], "tool_choice": "sometimes"},
+            'Invalid value for `tool_choice`: sometimes! Only named tools, "none", "auto" or '
+            '"required" are supported.',
+            "tool_choice",
+        ),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "The tool specified in `tool_choice` does not match any of the specified `tools`",
+            "tool_choice",
+        ),
+        # check_logprobs
+        (
+            {"top_logprobs": 2},
+            "when using `top_logprobs`, `logprobs` must be set to true.",
+            "top_logprobs",
+        ),
+        # validate_stream_options
+        (
+            {"stream_options": {"include_usage": True}},
+            "Stream options can only be defined when `stream=True`.",
+            "stream_options",
+        ),
+        # validate_response_format
+        (
+            {"response_format": {"type": "json_schema"}},
+            "When response_format type is 'json_schema', the 'json_schema' field must be provided.",
+            "response_format",
+        ),
+    ],
+)
+def test_model_validators(vllm: httpx.Client, extra: dict, message: str, param: str) -> None:
+    body = chat(**extra)
+    reply = vllm.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 400
+    assert reply.json() == value_error(message, param, body)
+
+
+def test_sampling_params_errors(vllm: httpx.Client) -> None:
+    # vllm/sampling_params.py _verify_num_sequences / _verify_args, through
+    # serve/exception_handling/error_response.py create_error_response (BadRequestError).
+    zero_n = vllm.post("/v1/chat/completions", json=chat(n=0)).json()["error"]
+    assert zero_n == {
+        "message": "n must be at least 1, got 0.",
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
+    zero_max = vllm.post("/v1/chat/completions", json=chat(max_tokens=0)).json()["error"]
+    assert zero_max["message"] == (
+        "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)"
+    )
+    assert zero_max["param"] == "max_tokens"
+    min_over = vllm.post("/v1/chat/completions", json=chat(max_tokens=2, min_tokens=5))
+    assert min_over.json()["error"]["message"] == (
+        "min_tokens must be less than or equal to max_tokens=2, got 5."
+    )
+    empty_stop = vllm.post("/v1/chat/completions", json=chat(stop=[""]))
+    assert empty_stop.json()["error"]["message"] == "stop cannot contain an empty string."
+
+
+def test_lengths_clamp_or_refuse_like_033(vllm: httpx.Client) -> None:
+    # max_model_len is 1000 here. serve/utils/api_utils.py get_max_tokens clamps a max_tokens
+    # that fits the context alone but not with the prompt...
+    prompt = "word " * 600
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 900,
+        "ignore_eos": True,
+    }
+    clamped = vllm.post("/v1/chat/completions", json=body)
+    assert clamped.status_code == 200
+    usage = clamped.json()["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == 1000
+    assert clamped.json()["choices"][0]["finish_reason"] == "length"
+    # ... renderers/params.py refuses one larger than the whole context ...
+    over = vllm.post("/v1/chat/completions", json=chat(max_completion_tokens=1001)).json()
+    assert over["error"] == {
+        "message": "max_completion_tokens=1001 cannot be greater than max_model_len=1000. "
+        "Please request fewer output tokens. (parameter=max_completion_tokens, value=1001)",
+        "type": "BadRequestError",
+        "param": "max_completion_tokens",
+        "code": 400,
+    }
+    # ... and a prompt longer than the context (renderers/params.py _token_len_check).
+    huge = vllm.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "word " * 1200}]},
+    ).json()["error"]
+    assert huge["param"] == "input_tokens"
+    assert huge["message"].startswith(
+        "This model's maximum context length is 1000 tokens. However, your prompt contains "
+    )
+    assert "which exceeds this limit even without any output tokens." in huge["message"]
+
+
+# vLLM: response shapes -------------------------------------------------------------------------
+
+
+def test_message_shape(vllm: httpx.Client) -> None:
+    body = vllm.post("/v1/chat/completions", json=chat()).json()
+    message = body["choices"][0]["message"]
+    # chat_completion/protocol.py ChatMessage: no tool_calls key when empty, `reasoning`
+    # (not reasoning_content).
+    assert "tool_calls" not in message and "reasoning_content" not in message
+    assert message["reasoning"] is None
+    assert body["choices"][0]["stop_reason"] is None
+    # serve/utils/fingerprint.py build_system_fingerprint, mode "full".
+    assert body["system_fingerprint"].startswith("vllm-0.33.0-")
+    forced = vllm.post(
+        "/v1/chat/completions",
+        json=chat(
+            tools=[TOOL], tool_choice={"type": "function", "function": {"name": "get_weather"}}
+        ),
+    ).json()["choices"][0]
+    # message_assembly.py: forced calls get content ""; tool_calls_utils.py: named -> "stop".
+    assert forced["message"]["content"] == "" and forced["finish_reason"] == "stop"
+    auto = vllm.post("/v1/chat/completions", json=chat(tools=[TOOL])).json()["choices"][0]
+    assert auto["message"]["content"] is None and auto["finish_reason"] == "tool_calls"
+
+
+def test_stream_deltas(vllm: httpx.Client) -> None:
+    body = chat(tools=[TOOL], stream=True)
+    with vllm.stream("POST", "/v1/chat/completions", json=body) as reply:
+        events = [json.loads(e[6:]) for e in reply.iter_lines() if e.startswith("data: {")]
+    deltas = [e["choices"][0]["delta"] for e in events]
+    # serving.py: the role chunk first (content ""), then vllm/parser/mistral.py's (pre-v11)
+    # name delta (id, type, name), argument pieces (each with type), then the finish chunk.
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    head = deltas[1]["tool_calls"][0]
+    assert set(head) == {"index", "id", "type", "function"} and head["function"] == {
+        "name": "get_weather"
+    }
+    pieces = [d["tool_calls"][0]["function"]["arguments"] for d in deltas[2:-1]]
+    assert all(d["tool_calls"][0]["type"] == "function" for d in deltas[1:-1])
+    assert json.loads("".join(pieces)) == {"city": "Paris"}  # the default for a city
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert events[-1]["system_fingerprint"].startswith("vllm-0.33.0-")
+
+
+def test_completions_route(vllm: httpx.Client) -> None:
+    body = {"model": MODEL, "prompt": "Say 'yes'", "max_tokens": 5, "logprobs": 1}
+    reply = vllm.post("/v1/completions", json=body).json()
+    # completion/protocol.py CompletionResponse / CompletionLogProbs.
+    assert reply["object"] == "text_completion" and reply["id"].startswith("cmpl-")
+    choice = reply["choices"][0]
+    assert choice["text"] == "yes" and choice["finish_reason"] == "stop"
+    assert choice["logprobs"]["tokens"] == ["yes"] and len(choice["logprobs"]["top_logprobs"]) == 1
+
+
+def test_bearer_scheme_is_case_insensitive() -> None:
+    # serve/middleware/authenticate.py verify_token: scheme.lower() != "bearer".
+    config = SimulatorConfig(port=0, quiet=True, api_key="sk-x")
+    with SimulatorThread(config) as sim, httpx.Client(base_url=sim.base_url, trust_env=False) as h:
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            assert (
+                h.get("/v1/models", headers={"Authorization": f"{scheme} sk-x"}).status_code == 200
+            )
+        assert h.get("/v1/models", headers={"Authorization": "Bearer sk-y"}).status_code == 401
+        assert h.get("/v1/models", headers={"Authorization": "Basic sk-x"}).status_code == 401
+        assert h.get("/health").status_code == 200
+
+
+def test_metrics_report_the_load(vllm: httpx.Client) -> None:
+    text = vllm.get("/metrics").text
+    # vllm/v1/metrics/loggers.py PrometheusStatLogger: 0.33's names.
+    assert "# TYPE vllm:kv_cache_usage_perc gauge" in text
+    assert "# TYPE vllm:time_to_first_token_seconds histogram" in text
+    assert "vllm:gpu_cache_usage_perc" not in text
+
+
+# Ollama ----------------------------------------------------------------------------------------
+
+
+def test_ollama_wrong_method_is_405(ollama: httpx.Client) -> None:
+    # server/routes.go: r.HandleMethodNotAllowed = true; gin's default body.
+    reply = ollama.get("/api/chat")
+    assert reply.status_code == 405 and reply.text == "405 method not allowed"
+    missing = ollama.get("/api/nothing")
+    assert missing.status_code == 404 and missing.text == "404 page not found"
+
+
+def test_ollama_openai_shapes(ollama: httpx.Client) -> None:
+    body = {"model": TAG, "messages": [{"role": "user", "content": "Say 'a b'"}], "stream": True}
+    with ollama.stream("POST", "/v1/chat/completions", json=body) as reply:
+        events = [json.loads(e[6:]) for e in reply.iter_lines() if e.startswith("data: {")]
+    deltas = [e["choices"][0]["delta"] for e in events]
+    # openai/openai.go ToStreamChunks (role only in the first) and FinishChunk (delta {}).
+    assert deltas == [{"role": "assistant", "content": "a"}, {"content": " b"}, {}]
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    model = ollama.get(f"/v1/models/{TAG}").json()
+    assert model == {
+        "id": TAG,
+        "object": "model",
+        "created": model["created"],
+        "owned_by": "library",
+    }
+    assert ollama.get("/v1/models/nope:latest").status_code == 404
+
+
+def test_ollama_native_final_message_has_counts(ollama: httpx.Client) -> None:
+    body = {"model": TAG, "messages": [{"role": "user", "content": "hi"}], "tools": [TOOL]}
+    with ollama.stream("POST", "/api/chat", json=body) as reply:
+        lines = [json.loads(line) for line in reply.iter_lines() if line]
+    # server/routes.go ChatHandler: the call on its own line (content ""), then done with
+    # api.Metrics.
+    assert lines[0]["message"]["tool_calls"][0]["function"]["index"] == 0
+    assert lines[0]["message"]["content"] == "" and not lines[0]["done"]
+    final = lines[-1]
+    assert final["done"] and final["done_reason"] == "stop"
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "eval_count"):
+        assert final[key] > 0, key
+
+
+def test_tokenize_detokenize_round_trip(vllm: httpx.Client) -> None:
+    # serve/tokenize/protocol.py TokenizeResponse / DetokenizeResponse.
+    tokens = vllm.post("/tokenize", json={"model": MODEL, "prompt": "hello simulated world"})
+    body = tokens.json()
+    assert set(body) == {"count", "max_model_len", "tokens", "token_strs"}
+    assert body["count"] == len(body["tokens"]) == 4 and body["max_model_len"] == 1000
+    back = vllm.post("/detokenize", json={"model": MODEL, "tokens": body["tokens"]}).json()
+    assert back == {"prompt": "hello simulated world"}
+    plain = vllm.post("/tokenize", content=b"prompt=hi")
+    assert plain.status_code == 400 and plain.json()["error"]["type"] == "Bad Request"
+
+
+def test_responses_messages_openapi_docs(vllm: httpx.Client) -> None:
+    resp = vllm.post("/v1/responses", json={"model": MODEL, "input": "Say 'r'"}).json()
+    assert resp["object"] == "response" and resp["status"] == "completed"
+    assert resp["output"][0]["content"][0] == {
+        "annotations": [],
+        "text": "r",
+        "type": "output_text",
+        "logprobs": None,
+    }
+    message = vllm.post(
+        "/v1/messages",
+        json={
+            "model": MODEL,
+            "max_tokens": 3,
+            "messages": [{"role": "user", "content": "Long story"}],
+        },
+    ).json()
+    assert message["type"] == "message" and message["stop_reason"] == "max_tokens"
+    assert message["usage"]["output_tokens"] == 3
+    # The simulator's startup log announces /openapi.json and /docs (FastAPI's): both answer.
+    paths = vllm.get("/openapi.json").json()["paths"]
+    assert {"/v1/chat/completions", "/v1/completions", "/tokenize"} <= set(paths)
+    assert "swagger-ui" in vllm.get("/docs").text
+
+
+def test_request_ids(vllm: httpx.Client) -> None:
+    # serve/engine/serving.py _base_request_id: X-Request-Id, else the body's request_id.
+    by_header = vllm.post("/v1/chat/completions", json=chat(), headers={"X-Request-Id": "abc"})
+    assert by_header.json()["id"] == "chatcmpl-abc"
+    assert "x-request-id" not in by_header.headers  # only with --enable-request-id-headers
+    by_body = vllm.post("/v1/completions", json={"model": MODEL, "prompt": "x", "request_id": "r1"})
+    assert by_body.json()["id"] == "cmpl-r1"
+    config = SimulatorConfig(port=0, quiet=True, request_id_headers=True)
+    with SimulatorThread(config) as sim, httpx.Client(base_url=sim.base_url, trust_env=False) as h:
+        assert h.get("/health", headers={"X-Request-Id": "mine"}).headers["x-request-id"] == "mine"
+        assert len(h.get("/health").headers["x-request-id"]) == 32
+
+
+def test_fractional_tools_as_text() -> None:
+    # For issue 13's bench: "tools-as-text:0.3" answers 30% of tool-call requests with the
+    # raw "[TOOL_CALLS][...]" text (vLLM without --tool-call-parser), exactly 3 in every 10.
+    config = SimulatorConfig(port=0, quiet=True, fail=frozenset({"tools-as-text:0.3"}))
+    with SimulatorThread(config) as sim, httpx.Client(base_url=sim.base_url, trust_env=False) as h:
+        replies = [
+            h.post("/v1/chat/completions", json=chat(tools=[TOOL])).json() for _ in range(10)
+        ]
+        plain = h.post("/v1/chat/completions", json=chat()).json()
+    as_text = [r for r in replies if "tool_calls" not in r["choices"][0]["message"]]
+    assert len(as_text) == 3
+    assert all(r["choices"][0]["message"]["content"].startswith("[TOOL_CALLS][") for r in as_text)
+    assert plain["choices"][0]["message"]["content"]  # requests without tools are unaffected
+
+
+def test_messages_stream_events(vllm: httpx.Client) -> None:
+    # entrypoints/anthropic/serving.py message_stream_converter's event sequence.
+    body = {
+        "model": MODEL,
+        "max_tokens": 10,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Say 'a b'"}],
+    }
+    with vllm.stream("POST", "/v1/messages", json=body) as reply:
+        names = [line[7:] for line in reply.iter_lines() if line.startswith("event: ")]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]

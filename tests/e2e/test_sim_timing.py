@@ -1,0 +1,162 @@
+"""Token timing and the load model, measured from the client as `vllm bench serve` measures it.
+
+TTFT = first streamed token - request sent; TPOT = (last token - first token) / (tokens - 1)
+(vllm/benchmarks/lib/endpoint_request_func.py async_request_openai_completions, and
+benchmarks/serve.py calculate_metrics). The simulator runs as a subprocess so that the
+client's event loop does not share its GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_sim_clients import MODEL, start_sim
+
+from msmall.simulator.harness import EngineProcess
+
+TTFT, TPOT, TOKENS = 0.2, 0.02, 40
+
+
+async def _one(port: int, max_tokens: int) -> tuple[float, float, int]:
+    """One streamed /v1/completions request on its own connection, with a minimal HTTP/1.1
+    client (the client's own cost must not show up in a 1% budget on a busy 2-core machine)."""
+    body = json.dumps(
+        {"model": MODEL, "prompt": "timing", "max_tokens": max_tokens, "ignore_eos": True,
+         "stream": True}
+    ).encode()  # fmt: skip
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        stamps: list[float] = []
+        sent = time.monotonic()
+        writer.write(head + body)
+        await writer.drain()
+        status = await reader.readline()
+        assert b" 200 " in status, status
+        while True:
+            event = await asyncio.wait_for(reader.readuntil(b"\n\n"), timeout=30)
+            if b"data: [DONE]" in event:
+                break
+            if b"data: {" in event and b'"text":""' not in event:
+                stamps.append(time.monotonic())
+    finally:
+        writer.close()
+    ttft = stamps[0] - sent
+    tpot = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    return ttft, tpot, len(stamps)
+
+
+async def _measure(port: int, concurrency: int, max_tokens: int = TOKENS) -> list[tuple]:
+    await _one(port, 2)  # warm-up: first-request code paths
+    return await asyncio.gather(*(_one(port, max_tokens) for _ in range(concurrency)))
+
+
+@pytest.fixture(scope="module")
+def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EngineProcess, str]]:
+    engine, port = start_sim(
+        tmp_path_factory.mktemp("home"),
+        "--ttft", str(TTFT), "--tpot", str(TPOT), "--max-num-seqs", "64",
+    )  # fmt: skip
+    try:
+        yield engine, port
+    finally:
+        engine.stop()
+
+
+def _histogram(port: int, name: str) -> tuple[float, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+    return _gauge(text, name + "_sum"), _gauge(text, name + "_count")
+
+
+@pytest.mark.parametrize("concurrency", [1, 16, 64])
+def test_ttft_and_tpot_match_the_injected_values(timed, concurrency: int) -> None:
+    _, port = timed
+    before = _histogram(port, "vllm:time_to_first_token_seconds")
+    results = asyncio.run(_measure(port, concurrency))
+    after = _histogram(port, "vllm:time_to_first_token_seconds")
+    assert all(n == TOKENS for _, _, n in results), "ignore_eos + max_tokens: exact length"
+    ttft = statistics.median(r[0] for r in results)
+    tpot = statistics.median(r[1] for r in results)
+    # The schedule itself is exact (tests/unit/test_sim_engine.py checks the deadlines); what
+    # a client measures adds the OS's scheduling of two busy processes. On this project's
+    # shared 2-core machine (load average 3-4) that was +0-8% TPOT and +1-15 ms TTFT; the
+    # bounds below hold there and still catch the old per-token sleep (+3.8% at one stream
+    # on a quiet machine, compounding with every late wake-up on a busy one).
+    # benchmarks/sim_overhead.py --timing measures the same at 1/16/64 streams.
+    # At 64 streams the bound is loose (3,200 tokens/s through two Python processes on a
+    # shared machine), but a request queued by mistake would still be 1 s late.
+    tolerance = 0.03 if concurrency < 64 else 0.20
+    assert abs(tpot - TPOT) / TPOT < tolerance, (tpot, results)
+    # The engine's own TTFT (from the request's bytes arriving to its first token: the
+    # simulator's vllm:time_to_first_token_seconds).
+    server_ttft = (after[0] - before[0]) / (after[1] - before[1])
+    assert abs(server_ttft - TTFT) / TTFT < tolerance, server_ttft
+    assert abs(ttft - TTFT) / TTFT < (0.05 if concurrency < 64 else 0.25), (ttft, results)
+
+
+def test_over_max_num_seqs_requests_wait_and_metrics_show_it(tmp_path: Path) -> None:
+    engine, port = start_sim(
+        tmp_path, "--ttft", "0.1", "--tpot", "0.01", "--max-num-seqs", "2", "--batch-slope", "0"
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    async def run() -> tuple[list, str]:
+        async with httpx.AsyncClient(base_url=base, timeout=30, trust_env=False) as c:
+            await _one(port, 2)  # warm-up
+            tasks = [asyncio.create_task(_one(port, 20)) for _ in range(4)]
+            metrics = ""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                metrics = (await c.get("/metrics")).text
+                if (
+                    'vllm:num_requests_waiting{engine="0"' in metrics
+                    and _gauge(metrics, "vllm:num_requests_waiting") == 2.0
+                ):
+                    break
+                await asyncio.sleep(0.01)
+            return await asyncio.gather(*tasks), metrics
+
+    try:
+        results, during = asyncio.run(run())
+        after = httpx.get(base + "/metrics", trust_env=False).text
+    finally:
+        engine.stop()
+    assert _gauge(during, "vllm:num_requests_running") == 2.0
+    assert _gauge(during, "vllm:num_requests_waiting") == 2.0
+    assert _gauge(during, "vllm:kv_cache_usage_perc") > 0
+    ttfts = sorted(r[0] for r in results)
+    # Two run at once; the other two wait for a whole request (0.1 + 19 * 0.01 s) first.
+    assert ttfts[1] < 0.15 and ttfts[2] > 0.35, ttfts
+    assert _gauge(after, "vllm:num_requests_running") == 0.0
+    assert 'vllm:time_to_first_token_seconds_count{engine="0"' in after
+    assert _gauge(after, "vllm:request_queue_time_seconds_count") == 5.0
+
+
+def test_tpot_grows_above_the_batch_knee(tmp_path: Path) -> None:
+    engine, port = start_sim(
+        tmp_path, "--ttft", "0.05", "--tpot", "0.01", "--batch-knee", "2", "--batch-slope", "1"
+    )
+    try:
+        results = asyncio.run(_measure(port, 4, 30))
+    finally:
+        engine.stop()
+    # 4 running, knee 2, slope 1: tpot * (1 + 1 * (4 - 2) / 2) = 2 * tpot.
+    tpot = statistics.median(r[1] for r in results)
+    assert abs(tpot - 0.02) / 0.02 < 0.05, results
+
+
+def _gauge(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and "le=" not in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
