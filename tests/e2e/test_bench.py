@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import msmall_cmd
 
+from conftest import msmall_cmd
 from msmall.bench.session import BenchOptions, run_bench
 from msmall.simulator.harness import start_simulator
 
