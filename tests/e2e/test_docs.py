@@ -11,7 +11,7 @@ from msmall.profiles import profile_names
 
 COMMANDS = [
     [], ["serve"], ["doctor"], ["health"], ["ps"], ["logs"], ["stop"], ["simulate"],
-    ["profiles"], ["profiles", "list"], ["profiles", "show"], ["profiles", "validate"],
+    ["bench"], ["profiles"], ["profiles", "list"], ["profiles", "show"], ["profiles", "validate"],
 ]  # fmt: skip
 CLI_MD = REPO_ROOT / "docs" / "cli.md"
 
