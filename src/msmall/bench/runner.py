@@ -37,6 +37,7 @@ LAG_LIMIT_S = 0.005
 CPU_LIMIT_PERCENT = 85.0
 LAG_TICK_S = 0.005
 REQUEST_TIMEOUT_S = 600.0
+_DECODER = json.JSONDecoder()
 
 
 @dataclass
@@ -69,7 +70,8 @@ async def run_request(
 ) -> metrics.RequestResult:
     result = metrics.RequestResult(kind=req.kind, expect_tokens=req.expect_tokens)
     parser = SSEParser()
-    loads = json.loads
+    # json.loads(bytes) first sniffs the encoding; SSE is UTF-8 (the spec), so decode once.
+    decode = _DECODER.decode
     text_parts: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
     state = {"last": 0.0, "done": False}
@@ -84,8 +86,8 @@ async def run_request(
                 state["done"] = True
                 continue
             try:
-                chunk = loads(payload)
-            except ValueError:
+                chunk = decode(payload.decode())
+            except (ValueError, UnicodeDecodeError):
                 result.error, result.error_detail = "bad_json", payload[:80].decode("latin-1")
                 continue
             if not isinstance(chunk, dict):
