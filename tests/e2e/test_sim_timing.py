@@ -87,21 +87,20 @@ def test_ttft_and_tpot_match_the_injected_values(timed, concurrency: int) -> Non
     assert all(n == TOKENS for _, _, n in results), "ignore_eos + max_tokens: exact length"
     ttft = statistics.median(r[0] for r in results)
     tpot = statistics.median(r[1] for r in results)
-    # The schedule itself is exact (tests/unit/test_sim_engine.py checks the deadlines); what
-    # a client measures adds the OS's scheduling of two busy processes. On this project's
-    # shared 2-core machine (load average 3-4) that was +0-8% TPOT and +1-15 ms TTFT; the
-    # bounds below hold there and still catch the old per-token sleep (+3.8% at one stream
-    # on a quiet machine, compounding with every late wake-up on a busy one).
-    # benchmarks/sim_overhead.py --timing measures the same at 1/16/64 streams.
-    # At 64 streams the bound is loose (3,200 tokens/s through two Python processes on a
-    # shared machine), but a request queued by mistake would still be 1 s late.
-    tolerance = 0.03 if concurrency < 64 else 0.20
+    # The schedule itself is exact (tests/unit/test_sim_engine.py checks the deadlines). The
+    # simulator's own TTFT (from the request's bytes arriving to its first token:
+    # vllm:time_to_first_token_seconds) and the client's TPOT (a difference over 39 tokens)
+    # only see the event loop's wake-up lateness. On this project's shared 2-core machine at
+    # load 4-8 they stayed within 1-3% at 1 and 16 streams and within 5-16% at 64; the bounds
+    # hold there and still catch the old per-token sleep, which compounded every late wake-up.
+    tolerance = 0.05 if concurrency < 64 else 0.25
     assert abs(tpot - TPOT) / TPOT < tolerance, (tpot, results)
-    # The engine's own TTFT (from the request's bytes arriving to its first token: the
-    # simulator's vllm:time_to_first_token_seconds).
     server_ttft = (after[0] - before[0]) / (after[1] - before[1])
     assert abs(server_ttft - TTFT) / TTFT < tolerance, server_ttft
-    assert abs(ttft - TTFT) / TTFT < (0.05 if concurrency < 64 else 0.25), (ttft, results)
+    # The client's TTFT also holds the OS scheduling two busy processes (measured: +1-16 ms
+    # at 1 and 16 streams, up to +45 ms at 64 under load): only "not queued, not skipped" is
+    # asserted here; benchmarks/sim_overhead.py --timing reports the exact figures.
+    assert TTFT <= ttft < TTFT + 0.1, (ttft, results)
 
 
 def test_over_max_num_seqs_requests_wait_and_metrics_show_it(tmp_path: Path) -> None:

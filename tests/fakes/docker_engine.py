@@ -1184,7 +1184,7 @@ def build_app(engine: FakeEngine) -> Any:
         async def stream() -> AsyncIterator[bytes]:
             first = selected(c.log)
             if tail != "all" and tail.isdigit():
-                first = first[len(first) - int(tail) :] if int(tail) else []
+                first = first[max(0, len(first) - int(tail)) :] if int(tail) else []
             seen = len(c.log)
             batch = first
             while True:
