@@ -80,3 +80,22 @@ def test_load_errors_are_plain() -> None:
     bad.write_text('{"version": 99}')
     with pytest.raises(ConfigError, match="not a bench result"):
         results.load("bad")
+
+
+def test_plot_without_matplotlib_is_a_plain_error(monkeypatch, tmp_path) -> None:
+    import sys
+
+    from msmall.bench.plot import plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match="matplotlib") as exc:
+        plot(_result(10.0, 0.1), tmp_path / "x.png")
+    assert exc.value.fix == "pip install 'msmall[plot]'"
+
+
+def test_plot_writes_a_png(tmp_path) -> None:
+    pytest.importorskip("matplotlib", reason="the optional plot extra is not installed")
+    from msmall.bench.plot import plot
+
+    path = plot(_result(10.0, 0.1), tmp_path / "out" / "x.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
