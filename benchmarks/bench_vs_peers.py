@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from msmall.bench import metrics, runner
@@ -38,6 +39,15 @@ from msmall.bench.session import BenchOptions, run_bench
 from msmall.simulator.harness import start_simulator
 
 TTFT, TPOT = 0.2, 0.02
+
+
+@contextmanager
+def _stopped_after(engine):
+    """`start_simulator` returns a started process; `with engine:` would start a second one."""
+    try:
+        yield engine
+    finally:
+        engine.stop()
 
 
 def _sim(*extra: str):
@@ -112,7 +122,7 @@ def _vllm_level(venv: Path, port: int, conc: int, requests: int, tokens: int) ->
 def accuracy(args: argparse.Namespace) -> list[dict]:
     rows = []
     engine, port = _sim()
-    with engine:
+    with _stopped_after(engine):
         for conc in (1, 16, 64):
             rows.append(_msmall_level(port, conc, max(8, conc * 2), 40))
             if args.vllm_venv:
@@ -124,7 +134,7 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
 
 def streams(args: argparse.Namespace) -> list[dict]:
     engine, port = _sim()
-    with engine:
+    with _stopped_after(engine):
         cpu0 = time.process_time()
         result = run_bench(
             BenchOptions(
@@ -269,7 +279,7 @@ async def _stack_run(stack: str, port: int, conc: int, rounds: int, tokens: int)
 def stacks(args: argparse.Namespace) -> list[dict]:
     rows = []
     engine, port = _sim()
-    with engine:
+    with _stopped_after(engine):
         for stack in ("msmall", "httpx", "aiohttp"):
             if stack == "aiohttp" and shutil.which("true") and not _has("aiohttp"):
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -23,12 +24,21 @@ from msmall.simulator.harness import start_simulator
 TTFT, TPOT, TOKENS = 0.2, 0.02, 20
 
 
+@contextmanager
+def _stopped_after(engine):
+    """`start_simulator` returns a started process; `with engine:` would start a second one."""
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
 @pytest.fixture(scope="module")
 def sim() -> Iterator[int]:
     engine, port = start_simulator(
         "--ttft", str(TTFT), "--tpot", str(TPOT), "--max-num-seqs", "128"
     )
-    with engine:
+    with _stopped_after(engine):
         yield port
 
 
@@ -99,7 +109,7 @@ def test_tool_calls_and_images_are_scored(sim: int) -> None:
 
 def test_tools_as_text_fraction_shows_in_the_ok_rate() -> None:
     engine, port = start_simulator("--fail", "tools-as-text:0.3")
-    with engine:
+    with _stopped_after(engine):
         result = _bench(port, concurrency=[8], requests=200, mix={"tools": 1})
     (level,) = result["levels"]
     rate = level["tool_call_ok_rate"]
@@ -112,7 +122,7 @@ def test_keyed_deployment_by_name_json_and_history(tmp_path, monkeypatch) -> Non
     from msmall import state
 
     engine, port = start_simulator("--api-key", "s3cret")
-    with engine:
+    with _stopped_after(engine):
         state.save(
             state.Deployment(
                 name="keyed",
@@ -143,7 +153,7 @@ def test_keyed_deployment_by_name_json_and_history(tmp_path, monkeypatch) -> Non
 
 def test_errors_are_counted_by_kind() -> None:
     engine, port = start_simulator("--fail", "http-503")
-    with engine:
+    with _stopped_after(engine):
         proc = subprocess.run(
             msmall_cmd("bench", f"http://127.0.0.1:{port}", "-c", "2", "-n", "6", "--json"),
             capture_output=True,
