@@ -10,7 +10,8 @@ from msmall.profiles import profile_names
 
 COMMANDS = [
     [], ["serve"], ["doctor"], ["health"], ["ps"], ["logs"], ["stop"], ["simulate"],
-    ["export"], ["profiles"], ["profiles", "list"], ["profiles", "show"], ["profiles", "validate"],
+    ["export"], ["bench"], ["profiles"], ["profiles", "list"], ["profiles", "show"],
+    ["profiles", "validate"],
 ]  # fmt: skip
 CLI_MD = REPO_ROOT / "docs" / "cli.md"
 

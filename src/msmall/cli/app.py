@@ -10,6 +10,7 @@ import sys
 import typer
 
 from msmall import __version__
+from msmall.cli import bench as bench_cmd
 from msmall.cli import deployments as deployments_cmd
 from msmall.cli import doctor as doctor_cmd
 from msmall.cli import export as export_cmd
@@ -36,6 +37,7 @@ deployments_cmd.register(app)
 simulate_cmd.register(app)
 doctor_cmd.register(app)
 export_cmd.register(app)
+bench_cmd.register(app)
 
 
 def _version(value: bool) -> None:

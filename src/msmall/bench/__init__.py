@@ -1,0 +1,1 @@
+"""`msmall bench`: load an OpenAI endpoint, time it right, and score tool calls and images."""
