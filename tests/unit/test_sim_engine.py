@@ -198,3 +198,20 @@ def test_fractional_tools_as_text() -> None:
         SimulatorConfig(fail=frozenset({"http-503:0.5"}))
     with pytest.raises(SystemExit):
         config_from_args(["--fail", "tools-as-text:abc"])
+
+
+def test_a_started_harness_is_not_started_twice() -> None:
+    """`with engine:` on what start_simulator() returned must not leak a second simulator."""
+    import sys
+
+    from msmall.simulator.harness import EngineProcess
+
+    engine = EngineProcess([sys.executable, "-c", "import time; time.sleep(30)"], {})
+    engine.start()
+    first = engine.proc
+    try:
+        with engine:
+            assert engine.proc is first
+    finally:
+        engine.stop()
+    assert first.poll() is not None

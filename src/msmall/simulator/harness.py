@@ -35,6 +35,9 @@ class EngineProcess:
     # Lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> EngineProcess:
+        """Start the process; a second call on a running one starts nothing (no leaked twin)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         self.proc = subprocess.Popen(
             self.argv,
             env=self.env,
