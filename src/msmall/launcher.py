@@ -240,7 +240,10 @@ class _LogFollower:
 def _refuse_running(plan: LaunchPlan) -> None:
     from msmall import deployments, state
 
-    existing = state.load(plan.deployment)
+    try:
+        existing = state.load(plan.deployment)
+    except state.BrokenRecord:
+        existing = None  # an unusable record names nothing that runs: this serve replaces it
     if existing is not None and not existing.external and deployments.is_running(existing):
         raise ConfigError(
             f"a deployment named '{plan.deployment}' is already running ({existing.base_url})",

@@ -76,6 +76,7 @@ class ServerProcess:
     pid: int
     log_path: Path
     create_time: float = 0.0
+    cmdline_sha: str | None = None
     _popen: subprocess.Popen | None = field(default=None, repr=False)
 
     def poll(self) -> int | None:
@@ -91,10 +92,14 @@ class ServerProcess:
 def fresh_log(log_path: Path, header: str) -> None:
     """One run per log file: the live view and the failure diagnosis read the whole file, and an
     earlier run's OOM must not explain this one. The previous run's log is kept beside it."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    from msmall import paths
+
+    paths.ensure_private_dir(log_path.parent)
     if log_path.exists():
         log_path.replace(log_path.with_name(log_path.name + ".1"))
-    with open(log_path, "wb") as fh:
+    # 0600: engine output can hold tokens (a failed HF download echoes its URL and headers).
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
         fh.write(header.encode())
 
 
@@ -115,18 +120,42 @@ def start_process(plan: LaunchPlan, log_path: Path) -> ServerProcess:
             )
         except OSError as exc:
             raise EngineUnavailable(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+    # Popen returns after the exec succeeded, so this is the engine's own identity.
+    create_time, cmdline_sha = process_identity(popen.pid)
     return ServerProcess(
-        pid=popen.pid, log_path=log_path, create_time=_create_time(popen.pid), _popen=popen
+        pid=popen.pid,
+        log_path=log_path,
+        create_time=create_time,
+        cmdline_sha=cmdline_sha,
+        _popen=popen,
     )
 
 
-def _create_time(pid: int) -> float:
+def _cmdline_sha(cmdline: list[str]) -> str:
+    """A digest, not the command line: the argv can hold an API key and records hold no secret."""
+    import hashlib
+
+    return hashlib.sha256("\0".join(cmdline).encode("utf-8", "replace")).hexdigest()
+
+
+def process_identity(pid: int) -> tuple[float, str | None]:
+    """(create time, command-line digest) of a live process; (0.0, None) if it cannot be read."""
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        return proc.create_time(), _cmdline_sha(proc.cmdline())
     except psutil.Error:
-        return 0.0
+        return 0.0, None
+
+
+def _create_time(pid: int) -> float:
+    return process_identity(pid)[0]
+
+
+# Two readings of one process's create time agree to the clock tick (10 ms); a recycled pid
+# started later. Half a second leaves room for a suspended laptop's clock adjustments.
+CREATE_TIME_SLACK_S = 0.5
 
 
 def pid_alive(pid: int, create_time: float = 0.0) -> bool:
@@ -137,9 +166,46 @@ def pid_alive(pid: int, create_time: float = 0.0) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return not create_time or abs(proc.create_time() - create_time) < 1.0
+        return not create_time or abs(proc.create_time() - create_time) < CREATE_TIME_SLACK_S
     except psutil.Error:
         return False
+
+
+def foreign_reason(pid: int | None, create_time: float, cmdline_sha: str | None) -> str | None:
+    """Why the process a record names must not be signalled, or None when it is msmall's engine.
+
+    `stop` sends its signals to the whole process group (killpg), so a wrong pid is dangerous:
+    pid 1 makes killpg(1) mean kill(-1), every process the user may signal. Only a live group
+    leader whose create time and command line both match the record is trusted; a record without
+    them (written by an msmall before 0.4) is not.
+    """
+    import psutil
+
+    if pid is None or pid <= 1:
+        return f"pid {pid} cannot be a server msmall started"
+    if not create_time or not cmdline_sha:
+        return "the record does not identify its process (written by an older msmall)"
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return f"pid {pid} has exited"
+        if abs(proc.create_time() - create_time) >= CREATE_TIME_SLACK_S:
+            return f"pid {pid} is now another process (started at another time)"
+        if os.getpgid(pid) != pid:
+            return f"pid {pid} is not the process group msmall started"
+        if _cmdline_sha(proc.cmdline()) != cmdline_sha:
+            return f"pid {pid} runs another command than the one msmall started"
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        return f"pid {pid} has exited"
+    return None
+
+
+def stop_recorded(pid: int, create_time: float, cmdline_sha: str | None, grace_s: float) -> bool:
+    """Stop a server found from a record, only when it is provably the one msmall started."""
+    if foreign_reason(pid, create_time, cmdline_sha) is not None:
+        return False
+    stop_process_group(pid, create_time, grace_s)
+    return True
 
 
 def stop_process_group(
@@ -148,6 +214,8 @@ def stop_process_group(
     """SIGTERM the server's whole group, wait (bounded), then SIGKILL whatever is left."""
     import psutil
 
+    if pid <= 1:
+        return  # killpg(1) would be kill(-1); killpg(0) our own group
     if popen is None and not pid_alive(pid, create_time):
         return
     try:
@@ -256,7 +324,16 @@ class ProcessHandle:
 
     @property
     def ids(self) -> dict[str, Any]:
-        return {"pid": self.proc.pid, "pid_create_time": self.proc.create_time}
+        if self.alive():
+            # Read again: an engine may retitle itself while loading (setproctitle), and the
+            # record must match what `stop` will see later. It is our child, so it is ours.
+            _, sha = process_identity(self.proc.pid)
+            self.proc.cmdline_sha = sha or self.proc.cmdline_sha
+        return {
+            "pid": self.proc.pid,
+            "pid_create_time": self.proc.create_time,
+            "pid_cmdline_sha": self.proc.cmdline_sha,
+        }
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -1,0 +1,155 @@
+"""Hardening (issue 9): the real CLI in subprocesses against hostile records, profiles, options,
+state dirs and races. Each class of the issue has its section below."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import msmall_cmd
+
+
+def run(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None, **kw):
+    return subprocess.run(
+        msmall_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+        **kw,
+    )
+
+
+def state_dir() -> Path:
+    return Path(os.environ["MSMALL_STATE_DIR"])
+
+
+def write_record(name: str, **fields) -> Path:
+    folder = state_dir() / "deployments"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "name": name,
+        "profile": "demo",
+        "backend": "simulator",
+        "base_url": "http://127.0.0.1:9",
+        "served_model_name": "m",
+        "log_path": str(state_dir() / "logs" / f"{name}.log"),
+        **fields,
+    }
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def identity(pid: int) -> dict:
+    from msmall.runtimes.process import process_identity
+
+    create_time, sha = process_identity(pid)
+    return {"pid": pid, "pid_create_time": create_time, "pid_cmdline_sha": sha}
+
+
+def assert_no_traceback(result) -> None:
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Never signal a process msmall did not start
+
+
+@pytest.fixture
+def sacrificial():
+    """Sleeping processes that a wrong `stop` would kill; all reaped afterwards."""
+    started: list[subprocess.Popen] = []
+
+    def start(leader: bool = True) -> subprocess.Popen:
+        proc = subprocess.Popen(["sleep", "120"], start_new_session=leader)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_a_matching_record_is_stopped(sacrificial) -> None:
+    # The control: the same check that refuses the cases below accepts msmall's own engine.
+    victim = sacrificial()
+    write_record("own", **identity(victim.pid))
+    result = run("stop", "own")
+    assert result.returncode == 0, result.stderr
+    assert "own: stopped" in result.stdout
+    assert victim.wait(timeout=20) is not None
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["other-command", "no-create-time", "old-record", "other-create-time", "not-group-leader"],
+)
+def test_stop_never_signals_a_process_it_did_not_start(sacrificial, case: str) -> None:
+    victim = sacrificial(leader=case != "not-group-leader")
+    ids = identity(victim.pid)
+    if case == "other-command":
+        ids["pid_cmdline_sha"] = "0" * 64
+    elif case == "no-create-time":
+        ids["pid_create_time"] = 0.0
+    elif case == "old-record":
+        ids = {"pid": victim.pid}  # written before records carried an identity
+    elif case == "other-create-time":
+        ids["pid_create_time"] -= 30
+    write_record("foreign", **ids)
+
+    listing = run("ps")
+    assert "stale record" in listing.stdout, listing.stdout
+    result = run("stop", "foreign")
+    assert result.returncode == 0, result.stderr
+    assert "nothing signalled" in result.stdout, result.stdout
+    assert victim.poll() is None, "stop signalled a process msmall did not start"
+    assert not (state_dir() / "deployments" / "foreign.json").exists()
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare"
+)
+def test_pid_1_record_is_never_signalled_inside_a_pid_namespace(tmp_path: Path) -> None:
+    # In a fresh PID namespace kill(-1) could only reach the namespace, so a regression would
+    # kill the sleeper there, not this test run. The record even carries pid 1's true identity.
+    script = tmp_path / "inside.py"
+    script.write_text(
+        "import json, os, subprocess, sys\n"
+        "from msmall.runtimes.process import process_identity\n"
+        "sleeper = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+        "ct, sha = process_identity(1)\n"
+        "d = os.path.join(os.environ['MSMALL_STATE_DIR'], 'deployments')\n"
+        "os.makedirs(d, exist_ok=True)\n"
+        "rec = dict(name='init', profile='demo', backend='simulator', base_url='http://127.0.0.1:9',\n"
+        "           served_model_name='m', log_path='/nonexistent', pid=1, pid_create_time=ct,\n"
+        "           pid_cmdline_sha=sha)\n"
+        "open(os.path.join(d, 'init.json'), 'w').write(json.dumps(rec))\n"
+        "r = subprocess.run([sys.executable, '-m', 'msmall', 'stop', '--all'], capture_output=True, text=True)\n"
+        "print(r.stdout.strip())\n"
+        "print('SURVIVED' if sleeper.poll() is None else 'KILLED')\n"
+        "sleeper.kill()\n"
+    )
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0 and "unshare" in result.stderr:
+        pytest.skip(f"no PID namespace here: {result.stderr.strip()}")
+    assert "SURVIVED" in result.stdout, result.stdout + result.stderr
+    assert "nothing signalled" in result.stdout
