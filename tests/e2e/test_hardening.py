@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from conftest import msmall_cmd
@@ -153,3 +150,52 @@ def test_pid_1_record_is_never_signalled_inside_a_pid_namespace(tmp_path: Path) 
         pytest.skip(f"no PID namespace here: {result.stderr.strip()}")
     assert "SURVIVED" in result.stdout, result.stdout + result.stderr
     assert "nothing signalled" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Profiles cannot hang or exhaust msmall
+
+
+def user_profiles() -> Path:
+    folder = Path(os.environ["MSMALL_CONFIG_DIR"]) / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_broken_user_profiles_are_listed_not_fatal() -> None:
+    from hostile_yaml import BOMB
+
+    folder = user_profiles()
+    (folder / "bomb.yaml").write_text(BOMB)
+    (folder / "dup.yaml").write_text("name: dup\nbackend: vllm\nbackend: ollama\n")
+    (folder / "loop.yaml").write_text("name: loop\nserving:\n  extra_args: &x [*x]\n")
+    (folder / "markup.yaml").write_text("name: markup\n[bold]: 1\n")
+    os.mkfifo(folder / "fifo.yaml")
+    (folder / "zero.yaml").symlink_to("/dev/zero")
+    started = time.monotonic()
+    listing = run("profiles", "list", "--json", timeout=60)
+    assert time.monotonic() - started < 30
+    assert listing.returncode == 0, listing.stderr
+    assert_no_traceback(listing)
+    rows = json.loads(listing.stdout)
+    errors = " ".join(r["error"] for r in rows if "error" in r)
+    for text in ("aliases expand", "duplicate key 'backend'", "recursive", "not a regular file"):
+        assert text in errors, errors
+    assert any(r.get("name") == "demo" for r in rows), "the good profiles vanished"
+    table = run("profiles", "list")
+    assert table.returncode == 0 and "broken" in table.stdout
+    assert_no_traceback(table)
+    doctor = run("doctor", "--json", timeout=120)
+    assert_no_traceback(doctor)
+    report = json.loads(doctor.stdout)
+    profile_check = next(c for c in report["checks"] if c["name"] == "profiles")
+    assert profile_check["status"] == "warn" and "not a regular file" in profile_check["detail"]
+
+
+def test_serve_with_a_fifo_profile_does_not_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "p.yaml"
+    os.mkfifo(fifo)
+    result = run("serve", "--profile", str(fifo), "--dry-run", timeout=30)
+    assert result.returncode == 2
+    assert "not a regular file" in result.stderr
+    assert_no_traceback(result)
