@@ -199,3 +199,43 @@ def test_serve_with_a_fifo_profile_does_not_hang(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "not a regular file" in result.stderr
     assert_no_traceback(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. No way around the exposure rule
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", 'extra_args=["--host", "0.0.0.0"]'],
+        ["--set", 'extra_args=["--port=1"]'],
+        ["--host", "127.0.0.1.nip.io"],
+        ["--backend", "ollama", "--set", "serving.env.OLLAMA_HOST=0.0.0.0"],
+        ["--backend", "ollama", "--host", "0.0.0.0"],
+    ],
+)
+def test_exposure_routes_are_refused_before_anything_starts(
+    args: list[str], free_port: int
+) -> None:
+    result = run("serve", "--profile", "demo", "--port", str(free_port), "--check", *args)
+    assert result.returncode == 2, result.stderr
+    assert_no_traceback(result)
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert not (state_dir() / "logs").exists(), "something started"
+
+
+@pytest.mark.parametrize(
+    ("key", "how"), [("", "flag"), ("   ", "env"), ("bad key", "env"), ("ключ", "flag")]
+)
+def test_unusable_api_keys_are_refused(key: str, how: str, free_port: int) -> None:
+    # An empty MSMALL_API_KEY is "unset" (Typer's reading of an empty variable); `--api-key ""`
+    # is a choice, and refused.
+    env = {**os.environ, "MSMALL_API_KEY": key} if how == "env" else None
+    flag = ["--api-key", key] if how == "flag" else []
+    result = run("serve", "--profile", "demo", "--port", str(free_port), "--check", *flag, env=env)
+    assert result.returncode == 2, result.stderr
+    assert_no_traceback(result)
+    assert "API key" in result.stderr
+    if key.strip():
+        assert key not in result.stderr
