@@ -85,6 +85,22 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+def check_readable_dir(path: Path) -> None:
+    """For readers (ps, stop, logs): a state dir that is a file or a dangling symlink is a plain
+    error, not "nothing recorded"."""
+    from msmall.errors import EnvironmentProblem
+
+    if path.is_symlink() and not path.exists():
+        raise EnvironmentProblem(
+            f"{path} is a symlink to nothing", "Remove it, or point MSMALL_STATE_DIR elsewhere."
+        )
+    if path.exists() and not path.is_dir():
+        raise EnvironmentProblem(
+            f"{path} is not a directory",
+            "Move that file away, or point MSMALL_STATE_DIR at a directory.",
+        )
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same directory and rename, so readers never see half a file.
     The file is 0600 (records name logs and ports; nobody else needs them). A full or read-only

@@ -326,13 +326,14 @@ def _read_text_bounded(path: Path) -> str:
         raise ConfigError(f"profile file not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(
+            f"{path} is not a regular file",
+            "A profile is a .yaml file; pass its path or its name.",
+        )
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(
-                f"{path} is not a regular file",
-                "A profile is a .yaml file; pass its path or its name.",
-            )
         if st.st_size > MAX_PROFILE_BYTES:
             raise ConfigError(
                 f"{path} is {st.st_size} bytes: too large for a profile "

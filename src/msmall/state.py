@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from msmall import paths
-from msmall.errors import ConfigError
+from msmall.errors import ConfigError, EnvironmentProblem
 
 
 class Deployment(BaseModel):
@@ -57,18 +57,22 @@ def record_path(name: str) -> Path:
 
 
 def log_path_for(name: str) -> Path:
-    return paths.logs_dir() / f"{_safe_name(name)}.log"
+    paths.ensure_private_dir(paths.state_dir())
+    return paths.ensure_private_dir(paths.logs_dir()) / f"{_safe_name(name)}.log"
 
 
 # A record is a few KB; anything bigger is not one of ours and is not read into memory.
 MAX_RECORD_BYTES = 1 << 20
 
 
-class BrokenRecord(Exception):
+class BrokenRecord(EnvironmentProblem):
     """A record file msmall cannot use (garbage, wrong types, a directory, unreadable)."""
 
     def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"{name}: {reason}")
+        super().__init__(
+            f"the record of '{name}' is unusable: {reason}",
+            f"`msmall stop {name}` removes it (nothing is signalled).",
+        )
         self.name = name
         self.reason = reason
 
@@ -92,10 +96,12 @@ def _read(path: Path, name: str) -> Deployment:
         raise BrokenRecord(name, f"{path} is a directory, not a record") from None
     except OSError as exc:
         raise BrokenRecord(name, f"cannot read {path}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise BrokenRecord(name, f"{path} is {kind}, not a record")
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise BrokenRecord(name, f"{path} is not a regular file")
         if st.st_size > MAX_RECORD_BYTES:
             raise BrokenRecord(name, f"{path} is too large to be a record")
         try:
@@ -123,6 +129,8 @@ def load(name: str) -> Deployment | None:
 
 def _record_names() -> list[str]:
     folder = paths.deployments_dir()
+    paths.check_readable_dir(paths.state_dir())
+    paths.check_readable_dir(folder)
     try:
         entries = sorted(folder.iterdir()) if folder.is_dir() else []
     except OSError:

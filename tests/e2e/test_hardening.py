@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -239,3 +240,90 @@ def test_unusable_api_keys_are_refused(key: str, how: str, free_port: int) -> No
     assert "API key" in result.stderr
     if key.strip():
         assert key not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. State and logs private and robust
+
+
+def one_plain_error(result, code: int | None = None) -> None:
+    assert result.returncode != 0 if code is None else result.returncode == code, result
+    assert_no_traceback(result)
+    lines = result.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 2 and lines[0].startswith("error: "), result.stderr
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling-symlink"])
+def test_unusable_state_dir_is_one_plain_line(kind: str, tmp_path: Path, free_port: int) -> None:
+    target = tmp_path / "statefile"
+    if kind == "file":
+        target.write_text("not a dir")
+    else:
+        target.symlink_to(tmp_path / "nowhere")
+    env = {**os.environ, "MSMALL_STATE_DIR": str(target)}
+    for args in (
+        ["ps"],
+        ["stop", "--all"],
+        ["serve", "--profile", "demo", "--port", str(free_port), "--check"],
+    ):
+        one_plain_error(run(*args, env=env))
+
+
+def test_bad_records_never_hide_the_others(sacrificial) -> None:
+    folder = state_dir() / "deployments"
+    good = sacrificial()
+    write_record("good", **identity(good.pid))
+    (folder / "garbage.json").write_text("{not json")
+    (folder / "types.json").write_text(json.dumps({"name": "types", "pid": "one", "profile": []}))
+    (folder / "adir.json").mkdir()
+    (folder / "huge.json").write_bytes(b" " * (2 << 20))
+    listing = run("ps", "--json")
+    assert listing.returncode == 0, listing.stderr
+    rows = {r["name"]: r for r in json.loads(listing.stdout)}
+    assert set(rows) == {"good", "garbage", "types", "adir", "huge"}
+    assert rows["good"]["status"] == "running"
+    for name in ("garbage", "types", "adir", "huge"):
+        assert rows[name]["status"].startswith("broken record"), rows[name]
+    logs = run("logs", "garbage")
+    one_plain_error(logs)
+    stopped = run("stop", "--all")
+    assert_no_traceback(stopped)
+    assert good.wait(timeout=20) is not None, "stop --all skipped the good record"
+    # The directory cannot be removed as a record: reported, exit non-zero, others done.
+    assert stopped.returncode == 1
+    assert "adir: failed" in stopped.stdout
+    assert not (folder / "garbage.json").exists() and not (folder / "good.json").exists()
+
+
+def test_records_and_logs_are_private_and_state_dir_absolute(
+    tmp_path: Path, free_port: int
+) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = {**os.environ, "MSMALL_STATE_DIR": "rel-state"}
+    started = run(
+        "serve",
+        "--profile",
+        "demo",
+        "--port",
+        str(free_port),
+        "--detach",
+        "--json",
+        env=env,
+        cwd=work,
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        base = work / "rel-state"
+        record = json.loads((base / "deployments" / "demo.json").read_text())
+        assert Path(record["log_path"]).is_absolute()
+        for d in (base, base / "deployments", base / "logs"):
+            assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+        for f in (base / "deployments" / "demo.json", base / "logs" / "demo.log"):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        # Found again from another directory with the absolute path.
+        env2 = {**os.environ, "MSMALL_STATE_DIR": str(base)}
+        assert "demo" in run("ps", env=env2).stdout
+    finally:
+        stopped = run("stop", "demo", env=env, cwd=work)
+        assert stopped.returncode == 0, stopped.stderr

@@ -106,8 +106,15 @@ def fresh_log(log_path: Path, header: str) -> None:
 def start_process(plan: LaunchPlan, log_path: Path) -> ServerProcess:
     argv = resolve_executable(plan.argv)
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
-    fresh_log(log_path, f"--- msmall: starting {plan.engine} for {plan.deployment}\n")
-    with open(log_path, "ab", buffering=0) as log:
+    try:
+        fresh_log(log_path, f"--- msmall: starting {plan.engine} for {plan.deployment}\n")
+        log = open(log_path, "ab", buffering=0)  # noqa: SIM115 (closed below, after Popen)
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"cannot write the log {log_path}: {exc.strerror or exc}",
+            "Free some disk space, or point MSMALL_STATE_DIR at a writable directory.",
+        ) from None
+    with log:
         try:
             popen = subprocess.Popen(
                 argv,
