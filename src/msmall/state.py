@@ -36,6 +36,8 @@ class Deployment(BaseModel):
     # end a start in progress the way Ctrl-C would.
     owner_pid: int | None = None
     owner_create_time: float = 0.0
+    # One id per serve: cleanup removes the record only if it is still this serve's.
+    launch_id: str | None = None
     container_id: str | None = None
     # True when msmall reused an Ollama daemon it did not start: `stop` leaves it running.
     external: bool = False

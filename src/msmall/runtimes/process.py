@@ -37,7 +37,13 @@ INSTALL_HINTS = {
 
 
 def port_in_use(host: str, port: int) -> bool:
-    """True when something accepts connections on host:port (or the bind would fail)."""
+    """True when something accepts connections on host:port, or holds it bound.
+
+    vLLM (and the simulator) bind the port before loading and listen only when ready, both with
+    SO_REUSEADDR; a probe bind with SO_REUSEADDR succeeds beside such a socket on Linux, so the
+    probe binds without it. That bind also fails on a port with connections in TIME_WAIT from an
+    earlier server; only then is the SO_REUSEADDR answer used.
+    """
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     try:
         with socket.create_connection((connect_host, port), timeout=0.3):
@@ -45,13 +51,53 @@ def port_in_use(host: str, port: int) -> bool:
     except OSError:
         pass
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for reuse in (False, True):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            if reuse:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return False
+            except OSError:
+                if reuse or not _only_time_wait(port):
+                    return True
+    return True
+
+
+def _only_time_wait(port: int) -> bool:
+    """True when every TCP entry on this local port is a closing connection (TIME_WAIT etc.)."""
+    states = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            s.bind((host, port))
+            lines = Path(table).read_text().splitlines()[1:]
         except OSError:
-            return True
-    return False
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[1].rsplit(":", 1)[-1] == f"{port:04X}":
+                states.append(fields[3])
+    # 0A = LISTEN; 06 TIME_WAIT, 08 CLOSE_WAIT... are leftovers that do not hold a bind.
+    return bool(states) and "0A" not in states
+
+
+def listening_pids(port: int) -> set[int] | None:
+    """Pids of processes listening on this TCP port; None when that cannot be read."""
+    import psutil
+
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return None
+    found = {
+        c.pid
+        for c in conns
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
+    }
+    if not found and any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns
+    ):
+        return None  # a listener whose pid we may not see (another user's)
+    return found
 
 
 def resolve_executable(argv: list[str]) -> list[str]:
@@ -103,8 +149,67 @@ def fresh_log(log_path: Path, header: str) -> None:
         fh.write(header.encode())
 
 
-def start_process(plan: LaunchPlan, log_path: Path) -> ServerProcess:
+# Run in the child before the engine: ask the kernel to SIGTERM it when msmall dies (even by
+# SIGKILL), then exec the engine. prctl from a preexec_fn is unsafe once msmall has threads (the
+# live view has one); a tiny exec stage is not. The exec pipe closes on exec (CLOEXEC), so
+# msmall reads the engine's own identity, not this stage's. Linux only; elsewhere, none.
+_PDEATHSIG_STAGE = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    os._exit(70)  # msmall died before prctl: nothing would stop this engine
+fd = int(sys.argv[2])
+os.set_inheritable(fd, False)
+try:
+    os.execv(sys.argv[3], sys.argv[3:])
+except OSError as exc:
+    os.write(fd, str(exc).encode())
+    os._exit(127)
+"""
+
+
+def _with_parent_death_signal(argv: list[str]) -> tuple[list[str], tuple[int, int] | None]:
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return argv, None
+    read_fd, write_fd = os.pipe()
+    os.set_inheritable(write_fd, True)
+    return [sys.executable, "-c", _PDEATHSIG_STAGE, str(os.getpid()), str(write_fd), *argv], (
+        read_fd,
+        write_fd,
+    )
+
+
+def _wait_exec(pipe: tuple[int, int] | None, timeout_s: float = 30.0) -> str:
+    """Block until the exec stage has exec'd the engine (EOF) or failed (its message)."""
+    import select
+
+    if pipe is None:
+        return ""
+    read_fd, write_fd = pipe
+    os.close(write_fd)
+    chunks = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([read_fd], [], [], left)
+            if not ready:
+                break
+            data = os.read(read_fd, 4096)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(read_fd)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def start_process(plan: LaunchPlan, log_path: Path, die_with_parent: bool = False) -> ServerProcess:
     argv = resolve_executable(plan.argv)
+    pipe = None
+    if die_with_parent:
+        argv, pipe = _with_parent_death_signal(argv)
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
     try:
         fresh_log(log_path, f"--- msmall: starting {plan.engine} for {plan.deployment}\n")
@@ -124,9 +229,16 @@ def start_process(plan: LaunchPlan, log_path: Path) -> ServerProcess:
                 env=env,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=pipe[1:] if pipe else (),
             )
         except OSError as exc:
+            if pipe:
+                os.close(pipe[0])
+                os.close(pipe[1])
             raise EngineUnavailable(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+    failed = _wait_exec(pipe)
+    if failed:
+        raise EngineUnavailable(f"cannot start {plan.argv[0]}: {failed}")
     # Popen returns after the exec succeeded, so this is the engine's own identity.
     create_time, cmdline_sha = process_identity(popen.pid)
     return ServerProcess(
@@ -357,6 +469,22 @@ class ProcessHandle:
     def owns(self, record: Any) -> bool:
         return record.pid == self.proc.pid
 
+    def answering_is_ours(self, port: int) -> str | None:
+        """None when the server listening on `port` is this engine (or its children); else the
+        foreign pid, so that a serve that lost a port race never reports the winner as ready."""
+        import psutil
+
+        pids = listening_pids(port)
+        if not pids:
+            return None  # cannot tell (no permission, or a container proxy): keep the old trust
+        try:
+            root = psutil.Process(self.proc.pid)
+            ours = {root.pid, *(c.pid for c in root.children(recursive=True))}
+        except psutil.Error:
+            ours = {self.proc.pid}
+        foreign = pids - ours
+        return None if pids & ours or not foreign else str(min(foreign))
+
 
 class ExternalHandle:
     """A server msmall found running and reuses (an Ollama daemon): never ours to stop."""
@@ -390,7 +518,13 @@ class ProcessRunner:
     """Runs a plan's argv on this machine."""
 
     def start(
-        self, plan: LaunchPlan, engine: Engine, log_path: Path, reporter: Reporter, **_: Any
+        self,
+        plan: LaunchPlan,
+        engine: Engine,
+        log_path: Path,
+        reporter: Reporter,
+        die_with_parent: bool = False,
+        **_: Any,
     ) -> ProcessHandle | ExternalHandle:
         host, port = host_port(plan.base_url)
         if engine.reusable_server is not None and port_in_use(host, port):
@@ -403,4 +537,4 @@ class ProcessRunner:
             return ExternalHandle(engine.label)
         ensure_port_free(host, port)
         reporter.stage(f"starting {engine.label}")
-        return ProcessHandle(start_process(plan, log_path), engine.label)
+        return ProcessHandle(start_process(plan, log_path, die_with_parent), engine.label)
