@@ -35,7 +35,13 @@ def is_running(dep: state.Deployment) -> bool | None:
 
         return container_running(dep.container_id)
     if dep.pid is None:
-        return dep.external or (dep.status == "starting" and owner_alive(dep))
+        if dep.external or (dep.status == "starting" and owner_alive(dep)):
+            return True
+        if dep.status == "starting" and dep.launch_id:
+            from msmall.runtimes.process import find_by_launch_id
+
+            return bool(find_by_launch_id(dep.launch_id, dep.started_at))
+        return False
     return foreign_reason(dep) is None
 
 
@@ -157,6 +163,14 @@ def stop(name: str) -> dict[str, Any]:
 
         if stop_container(dep.container_id):
             action = "stopped and removed container"
+    elif dep.pid is None and dep.status == "starting" and dep.launch_id:
+        # msmall died between starting the engine and writing its pid: find it by its tag.
+        from msmall.runtimes.process import find_by_launch_id, process_identity, stop_recorded
+
+        for pid in find_by_launch_id(dep.launch_id, dep.started_at):
+            created, sha = process_identity(pid)
+            if stop_recorded(pid, created, sha, grace_s=15.0):
+                action = "stopped (found by its launch id)"
     elif dep.pid is not None:
         from msmall.runtimes.process import stop_recorded
 

@@ -391,6 +391,7 @@ def _run_locked(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> 
                     pull=request.pull,
                     # A foreground serve's engine dies with msmall; a detached one outlives it.
                     die_with_parent=not request.detach,
+                    launch_id=launch_id,
                 )
                 if handle.ids.get("external"):
                     state.remove(plan.deployment)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import msmall_cmd
@@ -327,3 +329,161 @@ def test_records_and_logs_are_private_and_state_dir_absolute(
     finally:
         stopped = run("stop", "demo", env=env, cwd=work)
         assert stopped.returncode == 0, stopped.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. No orphan engines (the random-moment trials are in test_chaos.py)
+
+DELAY = ["--set", 'extra_args=["--startup-delay", "3"]']
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        msmall_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_record(name: str, key: str, timeout: float = 30.0) -> dict:
+    path = state_dir() / "deployments" / f"{name}.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            record = json.loads(path.read_text())
+            if record.get(key):
+                return record
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no record of {name} with {key}")
+
+
+def test_killed_during_loading_the_engine_is_shown_and_stopped(free_port: int) -> None:
+    serve = spawn("serve", "--profile", "demo", "--port", str(free_port), "--detach", *DELAY)
+    record = wait_record("demo", "pid")
+    serve.kill()
+    serve.wait(timeout=10)
+    engine = psutil.Process(record["pid"])
+    assert engine.is_running()
+    rows = json.loads(run("ps", "--json").stdout)
+    assert [(r["name"], r["status"]) for r in rows] == [("demo", "starting")]
+    stopped = run("stop", "demo")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "demo: stopped" in stopped.stdout
+    engine.wait(timeout=20)
+
+
+def test_stop_during_a_start_stops_that_start(free_port: int) -> None:
+    serve = spawn("serve", "--profile", "demo", "--port", str(free_port), *DELAY)
+    record = wait_record("demo", "pid")
+    stopped = run("stop", "demo")
+    assert stopped.returncode == 0, stopped.stderr
+    assert serve.wait(timeout=30) == 130  # the start was interrupted, not left to finish
+    assert (
+        not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == "zombie"
+    )
+    assert not (state_dir() / "deployments" / "demo.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_hangup_stops_the_engine_like_ctrl_c(sig: int, free_port: int) -> None:
+    serve = spawn("serve", "--profile", "demo", "--port", str(free_port), *DELAY)
+    record = wait_record("demo", "pid")
+    engine = psutil.Process(record["pid"])
+    serve.send_signal(sig)
+    assert serve.wait(timeout=30) == 130
+    engine.wait(timeout=10)
+    assert not (state_dir() / "deployments" / "demo.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. One deployment per name, one server per port
+
+RACES = int(os.environ.get("MSMALL_RACE_TRIALS", "10"))
+SHORT = ["--set", 'extra_args=["--startup-delay", "0.5"]']
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_same_name_at_once_exactly_one_proceeds() -> None:
+    for trial in range(RACES):
+        ports = free_ports(2)
+        racers = [
+            spawn(
+                "serve", "--profile", "demo", "--name", "same", "--port", str(p), "--detach", *SHORT
+            )
+            for p in ports
+        ]
+        outcomes = [(r.wait(timeout=60), r.stderr.read()) for r in racers]
+        try:
+            codes = sorted(code for code, _ in outcomes)
+            assert codes == [0, 2], f"trial {trial}: {outcomes}"
+            loser = next(err for code, err in outcomes if code == 2)
+            assert "Traceback" not in loser
+            assert "already" in loser, loser
+        finally:
+            run("stop", "--all")
+        for p in ports:
+            assert not [
+                c
+                for c in psutil.net_connections("tcp")
+                if c.laddr and c.laddr.port == p and c.status == "LISTEN"
+            ]
+
+
+def test_same_port_at_once_the_loser_never_reports_ready() -> None:
+    for trial in range(RACES):
+        (port,) = free_ports(1)
+        racers = [
+            spawn(
+                "serve",
+                "--profile",
+                "demo",
+                "--name",
+                f"r{i}",
+                "--port",
+                str(port),
+                "--detach",
+                "--json",
+                *SHORT,
+            )
+            for i in range(2)
+        ]
+        outcomes = [(r.wait(timeout=60), r.stdout.read(), r.stderr.read()) for r in racers]
+        try:
+            winners = [o for o in outcomes if o[0] == 0]
+            assert len(winners) == 1, f"trial {trial}: {[(c, e[-300:]) for c, _, e in outcomes]}"
+            won = json.loads(winners[0][1])
+            listeners = {
+                c.pid for c in psutil.net_connections("tcp")
+                if c.laddr and c.laddr.port == port and c.status == "LISTEN"
+            }  # fmt: skip
+            assert listeners == {won["pid"]}, f"trial {trial}: ready reported on another engine"
+            rows = json.loads(run("ps", "--json").stdout)
+            assert [r["name"] for r in rows] == [won["deployment"]]
+        finally:
+            run("stop", "--all")
+
+
+def test_port_held_by_a_loading_engine_is_seen(free_port: int) -> None:
+    first = spawn("serve", "--profile", "demo", "--port", str(free_port), *DELAY)
+    try:
+        wait_record("demo", "pid")
+        second = run(
+            "serve", "--profile", "demo", "--name", "other", "--port", str(free_port), "--check"
+        )
+        assert second.returncode == 3, second.stderr
+        assert_no_traceback(second)
+        assert f"port {free_port}" in second.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=30)

@@ -33,3 +33,17 @@ def test_relative_state_dir_is_made_absolute(monkeypatch, tmp_path: Path) -> Non
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MSMALL_STATE_DIR", "rel")
     assert paths.state_dir() == tmp_path / "rel"
+
+
+def test_port_check_sees_a_bound_socket_that_does_not_listen() -> None:
+    import socket
+
+    from msmall.runtimes.process import port_in_use
+
+    # What vLLM and the simulator do while loading: bind with SO_REUSEADDR, listen later.
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        assert port_in_use("127.0.0.1", port)
+    assert not port_in_use("127.0.0.1", port)

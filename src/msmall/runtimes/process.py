@@ -205,12 +205,21 @@ def _wait_exec(pipe: tuple[int, int] | None, timeout_s: float = 30.0) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def start_process(plan: LaunchPlan, log_path: Path, die_with_parent: bool = False) -> ServerProcess:
+# Set in the engine's environment: finds an engine whose pid never reached the record (msmall
+# SIGKILLed between starting it and writing the pid).
+LAUNCH_ID_ENV = "MSMALL_LAUNCH_ID"
+
+
+def start_process(
+    plan: LaunchPlan, log_path: Path, die_with_parent: bool = False, launch_id: str | None = None
+) -> ServerProcess:
     argv = resolve_executable(plan.argv)
     pipe = None
     if die_with_parent:
         argv, pipe = _with_parent_death_signal(argv)
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
+    if launch_id:
+        env[LAUNCH_ID_ENV] = launch_id
     try:
         fresh_log(log_path, f"--- msmall: starting {plan.engine} for {plan.deployment}\n")
         log = open(log_path, "ab", buffering=0)  # noqa: SIM115 (closed below, after Popen)
@@ -317,6 +326,22 @@ def foreign_reason(pid: int | None, create_time: float, cmdline_sha: str | None)
     except (psutil.Error, ProcessLookupError, PermissionError):
         return f"pid {pid} has exited"
     return None
+
+
+def find_by_launch_id(launch_id: str, not_before: float) -> list[int]:
+    """Group leaders carrying MSMALL_LAUNCH_ID=launch_id, started after the record was."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["create_time"]):
+        try:
+            if proc.pid <= 1 or (proc.info["create_time"] or 0) < not_before - 1:
+                continue
+            if proc.environ().get(LAUNCH_ID_ENV) == launch_id and os.getpgid(proc.pid) == proc.pid:
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 def stop_recorded(pid: int, create_time: float, cmdline_sha: str | None, grace_s: float) -> bool:
@@ -524,6 +549,7 @@ class ProcessRunner:
         log_path: Path,
         reporter: Reporter,
         die_with_parent: bool = False,
+        launch_id: str | None = None,
         **_: Any,
     ) -> ProcessHandle | ExternalHandle:
         host, port = host_port(plan.base_url)
@@ -537,4 +563,6 @@ class ProcessRunner:
             return ExternalHandle(engine.label)
         ensure_port_free(host, port)
         reporter.stage(f"starting {engine.label}")
-        return ProcessHandle(start_process(plan, log_path, die_with_parent), engine.label)
+        return ProcessHandle(
+            start_process(plan, log_path, die_with_parent, launch_id), engine.label
+        )
