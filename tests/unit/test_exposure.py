@@ -68,7 +68,7 @@ def test_bind_flags_in_extra_args_are_refused(backend: str, args: list[str]) -> 
 
 
 def test_ollama_host_in_env_is_refused() -> None:
-    with pytest.raises(ConfigError, match="serving.env sets OLLAMA_HOST"):
+    with pytest.raises(ConfigError, match=r"serving\.env sets OLLAMA_HOST"):
         plan("4090-q4", "serving.env.OLLAMA_HOST=0.0.0.0:11434", backend="ollama")
 
 
