@@ -229,9 +229,14 @@ def failure_from_log(
     details = [f"last {len(tail)} lines of {log_path}:", *tail] if tail else []
     if found is None:
         return EngineUnavailable(
-            headline, f"See the log: msmall logs (full log at {log_path}).", details
+            redact_text(headline, secrets),
+            f"See the log: msmall logs (full log at {log_path}).",
+            details,
         )
-    return EngineUnavailable(f"{headline}: {redact_text(found.cause, secrets)}", found.fix, details)
+    fix = redact_text(found.fix, secrets) if found.fix else found.fix
+    return EngineUnavailable(
+        f"{redact_text(headline, secrets)}: {redact_text(found.cause, secrets)}", fix, details
+    )
 
 
 class _LogFollower:

@@ -75,6 +75,16 @@ class LaunchPlan(BaseModel):
         """Secret values this plan carries (API key, HF token), to blank out of any text shown."""
         envs = [self.env, self.container.environment if self.container else {}]
         found = [v for env in envs for k, v in env.items() if k in SECRET_ENV and v]
+        # A key or token given as a flag in extra_args (`--api-key X`, `--hf-token=X`): an engine
+        # that rejects the flags quotes them, value included, and that text reaches headlines.
+        argvs = [self.argv, list(self.container.command) if self.container else []]
+        for argv in argvs:
+            for i, arg in enumerate(argv):
+                flag, eq, value = arg.partition("=")
+                if flag in SECRET_FLAGS:
+                    value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+                    if value:
+                        found.append(value)
         return [*([self.api_key] if self.api_key else []), *found]
 
     @property

@@ -487,3 +487,72 @@ def test_port_held_by_a_loading_engine_is_seen(free_port: int) -> None:
     finally:
         first.send_signal(signal.SIGINT)
         first.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Secrets redacted everywhere; `ps` probes a keyed deployment with its key
+
+SECRET = "sk-hardening-0123456789"
+
+
+@pytest.mark.parametrize("route", ["cli-key", "key-in-extra-args"])
+def test_secret_quoted_by_the_engine_is_redacted(route: str, fakes_on_path, free_port: int) -> None:
+    extra = ["--no-such-flag", SECRET]
+    args = ["--api-key", SECRET] if route == "cli-key" else []
+    if route == "key-in-extra-args":
+        extra = ["--api-key", SECRET, *extra]
+    result = run(
+        "serve", "-p", "4090-q4", "-b", "vllm", "--port", str(free_port), *args,
+        "--set", f"extra_args={json.dumps(extra)}", "--json",
+    )  # fmt: skip
+    assert result.returncode == 4, result.stderr
+    assert "unrecognized arguments" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_ps_probes_a_keyed_deployment_with_the_key(free_port: int) -> None:
+    started = run(
+        "serve", "--profile", "demo", "--port", str(free_port), "--api-key", SECRET, "--detach"
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        record = (state_dir() / "deployments" / "demo.json").read_text()
+        assert SECRET not in record
+        without = json.loads(run("ps", "--json").stdout)
+        assert without[0]["health"] == "unhealthy"
+        env = {**os.environ, "MSMALL_API_KEY": SECRET}
+        with_key = json.loads(run("ps", "--json", env=env).stdout)
+        assert with_key[0]["health"] == "ready"
+        # 9. In a pipe `ps` prints whole names and URLs.
+        listing = run("ps", env=env).stdout
+        assert f"http://127.0.0.1:{free_port}" in listing and "…" not in listing
+    finally:
+        run("stop", "--all")
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. --json on a failed serve prints a JSON error object
+
+
+def test_failed_serve_json_prints_an_error_object(free_port: int) -> None:
+    result = run("serve", "--profile", "demo", "--port", str(free_port), "--json",
+                 "--set", 'extra_args=["--fail", "oom"]')  # fmt: skip
+    assert result.returncode != 0
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert report["error"]["exit_code"] == result.returncode
+    assert report["error"]["message"]
+    refused = run("serve", "--profile", "no-such-profile", "--json")
+    assert refused.returncode == 2
+    assert json.loads(refused.stdout)["error"]["kind"] == "ConfigError"
+
+
+def test_ps_in_a_pipe_does_not_truncate_long_names(sacrificial) -> None:
+    name = "a-very-long-deployment-name-" + "x" * 60
+    victim = sacrificial()
+    write_record(
+        name, **identity(victim.pid), base_url="http://127.0.0.1:65000/some/very/long/path"
+    )
+    listing = run("ps", env={**os.environ, "COLUMNS": "40"})
+    assert name in listing.stdout
+    assert "http://127.0.0.1:65000/some/very/long/path" in listing.stdout

@@ -78,6 +78,31 @@ def serve(
         backend=backend, host=host, port=port, vllm_version=vllm_version, api_key=api_key,
         deployment=name, allow_unauthenticated=allow_unauthenticated,
     )  # fmt: skip
+    from msmall.errors import MsmallError
+
+    try:
+        _serve(profile, set_, options, dry_run, detach, no_smoke, force, pull, ready_timeout,
+               check, as_json)  # fmt: skip
+    except MsmallError as exc:
+        if as_json:
+            # Scripts read stdout: a failure is a JSON object there too (the text goes to stderr).
+            print_json(
+                {
+                    "ok": False,
+                    "error": {
+                        "kind": type(exc).__name__,
+                        "message": exc.message,
+                        "fix": exc.fix,
+                        "details": exc.details,
+                        "exit_code": exc.exit_code,
+                    },
+                }
+            )
+        raise
+
+
+def _serve(profile, set_, options, dry_run, detach, no_smoke, force, pull, ready_timeout,
+           check, as_json) -> None:  # fmt: skip
     if dry_run:
         _dry_run(profile, set_, options, force, as_json)
         return
