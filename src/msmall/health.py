@@ -171,7 +171,9 @@ class _Bounded:
                 if time.monotonic() > deadline:
                     raise httpx.ReadTimeout(f"no complete answer within {self.deadline_s:.0f} s")
             headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-encoding"}
-            return httpx.Response(resp.status_code, headers=headers, content=bytes(body))
+            return httpx.Response(
+                resp.status_code, headers=headers, content=bytes(body), request=resp.request
+            )
 
     def get(self, url: str, **kw: Any) -> httpx.Response:
         return self.request("GET", url, **kw)

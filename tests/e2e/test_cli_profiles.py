@@ -379,7 +379,11 @@ def test_host_0000_with_a_key_is_allowed_and_the_key_hidden(
 
 
 def test_ollama_on_0000_warns_on_stderr(cli) -> None:
-    result = cli("serve", "--profile", "4090-q4", "--host", "0.0.0.0", "--dry-run")
+    refused = cli("serve", "--profile", "4090-q4", "--host", "0.0.0.0", "--dry-run")
+    assert refused.code == 2 and "--allow-unauthenticated" in refused.err
+    result = cli(
+        "serve", "--profile", "4090-q4", "--host", "0.0.0.0", "--allow-unauthenticated", "--dry-run"
+    )
     assert result.code == 0
     assert result.err_lines[1].startswith("warning: Ollama has no authentication")
     assert "OLLAMA_HOST=0.0.0.0:11434" in result.out
