@@ -12,6 +12,22 @@ from msmall.errors import ConfigError
 FOLLOW_POLL_S = 0.2
 
 
+def foreign_reason(dep: state.Deployment) -> str | None:
+    """Why the pid a process record names is not the engine msmall started (None: it is)."""
+    from msmall.runtimes.process import foreign_reason as reason
+
+    return reason(dep.pid, dep.pid_create_time, dep.pid_cmdline_sha)
+
+
+def owner_alive(dep: state.Deployment) -> bool:
+    """The msmall process that runs this serve (a start in progress, a foreground serve)."""
+    from msmall.runtimes.process import pid_alive
+
+    if dep.owner_pid is None or dep.owner_pid <= 1 or not dep.owner_create_time:
+        return False
+    return pid_alive(dep.owner_pid, dep.owner_create_time)
+
+
 def is_running(dep: state.Deployment) -> bool | None:
     """None when it cannot be told (a container whose daemon is unreachable)."""
     if dep.container_id:
@@ -19,13 +35,24 @@ def is_running(dep: state.Deployment) -> bool | None:
 
         return container_running(dep.container_id)
     if dep.pid is None:
-        return dep.external
-    from msmall.runtimes.process import pid_alive
+        if dep.external or (dep.status == "starting" and owner_alive(dep)):
+            return True
+        if dep.status == "starting" and dep.launch_id:
+            from msmall.runtimes.process import find_by_launch_id
 
-    return pid_alive(dep.pid, dep.pid_create_time)
+            return bool(find_by_launch_id(dep.launch_id, dep.started_at))
+        return False
+    return foreign_reason(dep) is None
 
 
-def live_status(dep: state.Deployment) -> dict[str, Any]:
+def _stale_status(dep: state.Deployment) -> str:
+    reason = foreign_reason(dep) if dep.pid is not None else None
+    if reason is None or reason.endswith("has exited"):
+        return "stale (process gone)"
+    return f"stale record ({reason}: never signalled)"
+
+
+def live_status(dep: state.Deployment, api_key: str | None = None) -> dict[str, Any]:
     from msmall import health
 
     running = is_running(dep)
@@ -38,20 +65,34 @@ def live_status(dep: state.Deployment) -> dict[str, Any]:
         }
     health_state = "stale"
     if running:
-        with health._client(dep.base_url, None, 1.0) as client:
-            health_state = health.probe(client, dep.flavor, None).stage
+        health_state = "starting"
+        if dep.status != "starting" or dep.pid is not None or dep.container_id:
+            keyed = bool((dep.plan or {}).get("api_key"))
+            with health._client(dep.base_url, api_key if keyed else None, 1.0) as client:
+                health_state = health.probe(client, dep.flavor, None).stage
+    status = ("starting" if dep.status == "starting" else "running") if running else None
     return {
         **state.dumps_public(dep),
         "running": running,
         "health": health_state,
-        "status": "running" if running else "stale (process gone)",
+        "status": status or _stale_status(dep),
     }
 
 
-def list_deployments() -> list[dict[str, Any]]:
+def _broken_row(bad: state.BrokenRecord) -> dict[str, Any]:
+    return {
+        "name": bad.name,
+        "running": False,
+        "health": "unknown",
+        "status": f"broken record: {bad.reason}",
+    }
+
+
+def list_deployments(api_key: str | None = None) -> list[dict[str, Any]]:
     from msmall.runtimes.container import orphan_containers
 
-    found = [live_status(dep) for dep in state.load_all()]
+    good, bad = state.load_all_checked()
+    found = [live_status(dep, api_key) for dep in good] + [_broken_row(b) for b in bad]
     known = {d.get("container_id") for d in found}
     return found + [c for c in orphan_containers() if c["container_id"] not in known]
 
@@ -67,9 +108,41 @@ def _get(name: str) -> state.Deployment:
     return dep
 
 
+# How long `stop` waits for an msmall that is starting a server to stop it and exit.
+OWNER_STOP_S = 30.0
+
+
+def _stop_owner(dep: state.Deployment) -> bool:
+    """Ask the msmall that runs this serve to stop it, as Ctrl-C would (it stops the engine,
+    its container, and removes the record). True when it did so within OWNER_STOP_S."""
+    import os
+    import signal
+
+    import psutil
+
+    if not owner_alive(dep) or dep.owner_pid == os.getpid():
+        return False
+    assert dep.owner_pid is not None
+    try:
+        os.kill(dep.owner_pid, signal.SIGTERM)
+        psutil.Process(dep.owner_pid).wait(timeout=OWNER_STOP_S)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        pass
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
 def stop(name: str) -> dict[str, Any]:
     """Stop one deployment; a stale record is cleaned up. Returns what was done."""
-    dep = state.load(name)
+    try:
+        dep = state.load(name)
+    except state.BrokenRecord as bad:
+        state.remove(name)
+        return {
+            "name": name,
+            "action": f"removed unusable record ({bad.reason}); nothing signalled",
+        }
     if dep is None:
         from msmall.runtimes.container import stop_container_by_deployment
 
@@ -78,6 +151,11 @@ def stop(name: str) -> dict[str, Any]:
         _get(name)
     assert dep is not None
     action = "removed stale record"
+    if dep.status == "starting" and _stop_owner(dep):
+        dep = state.load(name) if record_exists(name) else None
+        if dep is None:
+            return {"name": name, "action": "stopped (the start in progress was interrupted)"}
+        action = "stopped the start in progress"
     if dep.external:
         action = "forgot the record (the Ollama daemon was not started by msmall: left running)"
     elif dep.container_id:
@@ -85,17 +163,43 @@ def stop(name: str) -> dict[str, Any]:
 
         if stop_container(dep.container_id):
             action = "stopped and removed container"
-    elif dep.pid is not None and is_running(dep):
-        from msmall.runtimes.process import stop_process_group
+    elif dep.pid is None and dep.status == "starting" and dep.launch_id:
+        # msmall died between starting the engine and writing its pid: find it by its tag.
+        from msmall.runtimes.process import find_by_launch_id, process_identity, stop_recorded
 
-        stop_process_group(dep.pid, dep.pid_create_time, grace_s=15.0)
-        action = "stopped"
+        for pid in find_by_launch_id(dep.launch_id, dep.started_at):
+            created, sha = process_identity(pid)
+            if stop_recorded(pid, created, sha, grace_s=15.0):
+                action = "stopped (found by its launch id)"
+    elif dep.pid is not None:
+        from msmall.runtimes.process import stop_recorded
+
+        if stop_recorded(dep.pid, dep.pid_create_time, dep.pid_cmdline_sha, grace_s=15.0):
+            action = "stopped"
+        else:
+            reason = foreign_reason(dep)
+            if reason and not reason.endswith("has exited"):
+                action = f"removed stale record ({reason}); nothing signalled"
     state.remove(name)
     return {"name": name, "action": action}
 
 
+def record_exists(name: str) -> bool:
+    return state.record_path(name).exists()
+
+
 def stop_all() -> list[dict[str, Any]]:
-    return [stop(dep.name) for dep in state.load_all()]
+    """Stop every deployment; one that cannot be stopped is reported and the rest still are."""
+    from msmall.errors import MsmallError
+
+    good, bad = state.load_all_checked()
+    done = []
+    for name in [d.name for d in good] + [b.name for b in bad]:
+        try:
+            done.append(stop(name))
+        except MsmallError as exc:
+            done.append({"name": name, "action": f"failed: {exc.message}", "error": True})
+    return done
 
 
 def _labelled_container_id(name: str) -> str | None:

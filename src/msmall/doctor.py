@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field
 
 from msmall import backends, hardware, preflight
-from msmall.errors import EngineUnavailable, EnvironmentProblem, MsmallError
+from msmall.errors import ConfigError, EngineUnavailable, EnvironmentProblem, MsmallError
 from msmall.models import get_model
 from msmall.weights import hf_token_source, is_gated, model_cached
 
@@ -641,7 +641,11 @@ def run_doctor(
     named = load_profile(profile, parse_set(overrides)) if profile else None
     inv = inventory if inventory is not None else hardware.read_inventory()
     # Loaded once: the recommendation, every table row and every suggestion use this list.
-    known = preflight.known_profiles()
+    from msmall.profiles import load_all
+
+    loaded = load_all()
+    known = [p for p in loaded if not isinstance(p, ConfigError)]
+    unusable = [p for p in loaded if isinstance(p, ConfigError)]
     recommended, why = preflight.recommend_for(inv, known)
 
     target = named
@@ -663,6 +667,14 @@ def run_doctor(
     _check_docker(c, inv, docker)
     _check_hf_token(c)
     _check_port(c)
+    if unusable:
+        # One broken user profile is reported, never a crash: the others still load.
+        c.add(
+            "profiles",
+            "warn",
+            "; ".join(e.message for e in unusable),
+            "Fix or remove those files (`msmall profiles validate FILE`).",
+        )
 
     rows = [_profile_fit(p, inv, known) for p in known]
     named_row = None

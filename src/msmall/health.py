@@ -31,6 +31,13 @@ PROBE_TIMEOUT_S = 2.0
 # Smoke requests generate a few tokens; a cold first request can still take a while on big GPUs.
 SMOKE_TIMEOUT_S = 120.0
 
+# Bounds on what a server can make msmall read or wait for (a dripping server, a gzip bomb, a
+# stream that never ends): each probe or check ends in a plain failure within these.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_STREAM_EVENTS = 2048
+SMOKE_DEADLINE_S = SMOKE_TIMEOUT_S
+PROBE_DEADLINE_S = 5.0
+
 TOOL_FIX = "Serve with --tool-call-parser mistral --enable-auto-tool-choice (msmall's profiles do: --set tools=true)."
 SYSTEM_PROMPT = "You are a concise assistant."
 
@@ -109,12 +116,94 @@ def png_data_url() -> str:
     return "data:image/png;base64," + base64.b64encode(tiny_png()).decode()
 
 
-def _client(base_url: str, api_key: str | None, timeout: float) -> httpx.Client:
+_ESCAPES = None
+
+
+def clean(text: str, limit: int = 300) -> str:
+    """Server text made safe to print: terminal escape sequences and control characters gone
+    (a hostile server could otherwise retitle the terminal or hide lines), length bounded."""
+    import re
+
+    global _ESCAPES
+    if _ESCAPES is None:
+        _ESCAPES = re.compile(
+            r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+        )
+    return _ESCAPES.sub("", str(text))[:limit]
+
+
+def public_url(url: str) -> str:
+    """The URL without user:password (never echoed)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class _Bounded:
+    """Wraps an httpx.Client: every request reads at most MAX_BODY_BYTES within a total
+    deadline (httpx's timeout is per read, so a server dripping a byte a second never trips it)."""
+
+    def __init__(self, client: httpx.Client, deadline_s: float) -> None:
+        self._client = client
+        self.deadline_s = deadline_s
+
+    def __enter__(self) -> _Bounded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        import httpx
+
+        deadline = time.monotonic() + self.deadline_s
+        with self._client.stream(method, url, **kw) as resp:
+            body = bytearray()
+            for chunk in resp.iter_bytes():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise ValueError(f"the answer is larger than {MAX_BODY_BYTES // 1024} KiB")
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"no complete answer within {self.deadline_s:.0f} s")
+            headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-encoding"}
+            return httpx.Response(
+                resp.status_code, headers=headers, content=bytes(body), request=resp.request
+            )
+
+    def get(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", url, **kw)
+
+    def stream(self, method: str, url: str, **kw: Any):
+        return self._client.stream(method, url, **kw)
+
+
+def _client(base_url: str, api_key: str | None, timeout: float) -> _Bounded:
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    # Ask for no compression: a gzip bomb then has to be sent against the request (and is still
+    # capped after decoding).
+    headers["Accept-Encoding"] = "identity"
     # trust_env=False: a proxy from the environment must not intercept loopback probes.
-    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout, trust_env=False)
+    inner = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, trust_env=False)
+    deadline = PROBE_DEADLINE_S if timeout <= PROBE_TIMEOUT_S * 5 else SMOKE_DEADLINE_S
+    return _Bounded(inner, max(deadline, timeout))
 
 
 def probe(client: httpx.Client, flavor: str, model: str | None) -> ProbeState:
@@ -142,14 +231,14 @@ def probe(client: httpx.Client, flavor: str, model: str | None) -> ProbeState:
             return ProbeState("starting", f"/v1/models answered {models.status_code}")
         ids = [m.get("id") for m in models.json().get("data", [])]
         if model and model not in ids:
-            return ProbeState("no-model", f"/v1/models lists {ids}, not {model!r}")
+            return ProbeState("no-model", clean(f"/v1/models lists {ids}, not {model!r}"))
         return ProbeState("ready")
     except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
         return ProbeState("refused")
     except httpx.TimeoutException:
         return ProbeState("starting", "probe timed out")
-    except (ValueError, httpx.HTTPStatusError) as exc:
-        return ProbeState("starting", str(exc))
+    except (ValueError, TypeError, AttributeError, httpx.HTTPError) as exc:
+        return ProbeState("starting", clean(str(exc)))
 
 
 def wait_ready(
@@ -209,9 +298,10 @@ def _timed(fn: Callable[[], CheckResult]) -> CheckResult:
         result = fn()
     except httpx.HTTPError as exc:
         result = CheckResult("?", False, 0.0, f"request failed: {exc}")
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         # The server answered 200 with something that is not an OpenAI response.
         result = CheckResult("?", False, 0.0, f"malformed response: {exc!r}"[:200])
+    result.detail = clean(result.detail)
     result.latency_ms = round((time.perf_counter() - start) * 1000, 1)
     return result
 
@@ -268,15 +358,35 @@ def check_stream(client: httpx.Client, model: str) -> CheckResult:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        deadline = time.monotonic() + getattr(client, "deadline_s", SMOKE_DEADLINE_S)
+        events = 0
+        read = 0
         with client.stream("POST", "/v1/chat/completions", json=body) as resp:
             if resp.status_code != 200:
-                resp.read()
+                head = b""
+                for chunk in resp.iter_bytes():
+                    head += chunk
+                    if len(head) > 64 * 1024 or time.monotonic() > deadline:
+                        break
                 return CheckResult(
-                    "stream", False, 0, f"HTTP {resp.status_code}: {_error_text(resp)}"
+                    "stream",
+                    False,
+                    0,
+                    f"HTTP {resp.status_code}: {clean(head.decode('utf-8', 'replace'))}",
                 )
-            for line in resp.iter_lines():
+            for line in _lines_within(resp, deadline):
+                read += len(line) + 1
+                if time.monotonic() > deadline:
+                    return CheckResult("stream", False, 0, "the stream did not end in time")
+                if read > MAX_BODY_BYTES:
+                    return CheckResult("stream", False, 0, "the stream sent too much data")
                 if not line.startswith("data:"):
                     continue
+                events += 1
+                if events > MAX_STREAM_EVENTS:
+                    return CheckResult(
+                        "stream", False, 0, f"the stream sent more than {MAX_STREAM_EVENTS} events"
+                    )
                 data = line[5:].strip()
                 if data == "[DONE]":
                     done = True
@@ -296,9 +406,38 @@ def check_stream(client: httpx.Client, model: str) -> CheckResult:
             "stream", True, 0, f"{len(pieces)} chunks, first token after {first_token_ms:.0f} ms"
         )
 
-    result = _timed(run)
+    def bounded() -> CheckResult:
+        try:
+            return run()
+        except _StreamLimit as exc:
+            return CheckResult("stream", False, 0, str(exc))
+
+    result = _timed(bounded)
     result.name = "stream"
     return result
+
+
+class _StreamLimit(Exception):
+    pass
+
+
+def _lines_within(resp: httpx.Response, deadline: float):
+    """Lines of a streamed body, checking the deadline and size on every chunk: iter_lines waits
+    for a newline, which a hostile server never has to send."""
+    buf = b""
+    total = 0
+    for chunk in resp.iter_bytes():
+        buf += chunk
+        total += len(chunk)
+        if time.monotonic() > deadline:
+            raise _StreamLimit("the stream did not end in time")
+        if total > MAX_BODY_BYTES:
+            raise _StreamLimit("the stream sent too much data")
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace").rstrip("\r")
+    if buf:
+        yield buf.decode("utf-8", "replace")
 
 
 WEATHER_TOOL = {
@@ -415,25 +554,36 @@ def check_vision(client: httpx.Client, model: str) -> CheckResult:
 def first_model(base_url: str, api_key: str | None = None) -> str:
     import httpx
 
+    shown = public_url(base_url)
     with _client(base_url, api_key, PROBE_TIMEOUT_S * 5) as client:
         try:
             resp = client.get("/v1/models")
         except httpx.HTTPError as exc:
             raise EndpointUnhealthy(
-                f"cannot reach {base_url}: {exc}", "Check the URL and that the server is running."
+                f"cannot reach {shown}: {clean(str(exc).replace(base_url, shown))}",
+                "Check the URL and that the server is running.",
             ) from None
+        except ValueError as exc:
+            raise EndpointUnhealthy(f"{shown}/v1/models: {clean(str(exc))}") from None
         if resp.status_code == 401:
             raise EndpointUnhealthy(
-                f"{base_url}/v1/models needs an API key (HTTP 401)", "Pass --api-key."
+                f"{shown}/v1/models needs an API key (HTTP 401)", "Pass --api-key."
             )
         if resp.status_code != 200:
-            raise EndpointUnhealthy(f"{base_url}/v1/models answered HTTP {resp.status_code}")
-        data = resp.json().get("data") or []
-        if not data:
+            raise EndpointUnhealthy(f"{shown}/v1/models answered HTTP {resp.status_code}")
+        try:
+            data = resp.json().get("data") or []
+            name = data[0]["id"] if data else None
+        except (ValueError, AttributeError, KeyError, IndexError, TypeError):
             raise EndpointUnhealthy(
-                f"{base_url}/v1/models lists no model", "Load or pull a model first."
+                f"{shown}/v1/models is not an OpenAI model list",
+                "Check that the URL is an OpenAI-compatible server.",
+            ) from None
+        if not name or not isinstance(name, str):
+            raise EndpointUnhealthy(
+                f"{shown}/v1/models lists no model", "Load or pull a model first."
             )
-        return data[0]["id"]
+        return clean(name, 200)
 
 
 def smoke(
@@ -445,10 +595,12 @@ def smoke(
     vision: bool = True,
     flavor: str = "vllm",
     on_result: Callable[[CheckResult], None] | None = None,
+    timeout_s: float = SMOKE_TIMEOUT_S,
 ) -> SmokeReport:
     """Run the checks one after another; every check runs even when an earlier one fails."""
-    report = SmokeReport(base_url=base_url, model=model)
-    with _client(base_url, api_key, SMOKE_TIMEOUT_S) as client:
+    report = SmokeReport(base_url=public_url(base_url), model=model)
+    with _client(base_url, api_key, timeout_s) as client:
+        client.deadline_s = timeout_s
         checks: list[Callable[[], CheckResult]] = [
             lambda: check_chat(client, model),
             lambda: check_stream(client, model),

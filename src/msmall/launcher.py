@@ -146,9 +146,13 @@ def final_plan(
 # Signals
 
 
+# Closing the terminal (SIGHUP) and `kill` (SIGTERM) end a serve the way Ctrl-C does.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends a foreground serve the same way Ctrl-C does: stop the server, then exit."""
+    """SIGTERM and SIGHUP end a serve the same way Ctrl-C does: stop the server, then exit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -156,11 +160,36 @@ def sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Around "start the engine, write its pid": a signal there would leave an engine no record
+    names. The signal is noted and acts (as KeyboardInterrupt) right after, when the handle
+    exists. Handlers, not a signal mask: a blocked mask would be inherited by the engine."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    watched = (signal.SIGINT, *STOP_SIGNALS)
+    previous = {sig: signal.signal(sig, note) for sig in watched}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if pending:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -169,13 +198,13 @@ def signals_deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    previous_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    watched = (signal.SIGINT, *STOP_SIGNALS)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in watched}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGTERM, previous_term)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,9 +229,14 @@ def failure_from_log(
     details = [f"last {len(tail)} lines of {log_path}:", *tail] if tail else []
     if found is None:
         return EngineUnavailable(
-            headline, f"See the log: msmall logs (full log at {log_path}).", details
+            redact_text(headline, secrets),
+            f"See the log: msmall logs (full log at {log_path}).",
+            details,
         )
-    return EngineUnavailable(f"{headline}: {redact_text(found.cause, secrets)}", found.fix, details)
+    fix = redact_text(found.fix, secrets) if found.fix else found.fix
+    return EngineUnavailable(
+        f"{redact_text(headline, secrets)}: {redact_text(found.cause, secrets)}", fix, details
+    )
 
 
 class _LogFollower:
@@ -240,12 +274,55 @@ class _LogFollower:
 def _refuse_running(plan: LaunchPlan) -> None:
     from msmall import deployments, state
 
-    existing = state.load(plan.deployment)
+    try:
+        existing = state.load(plan.deployment)
+    except state.BrokenRecord:
+        existing = None  # an unusable record names nothing that runs: this serve replaces it
     if existing is not None and not existing.external and deployments.is_running(existing):
         raise ConfigError(
             f"a deployment named '{plan.deployment}' is already running ({existing.base_url})",
             f"Stop it with `msmall stop {plan.deployment}`, or pick another --name.",
         )
+    # A port held by another msmall engine that is still loading (bound, not yet listening).
+    from msmall.runtimes.process import host_port
+
+    port = host_port(plan.base_url)[1]
+    for other in state.load_all():
+        if other.name == plan.deployment or other.external:
+            continue
+        if host_port(other.base_url)[1] == port and deployments.is_running(other):
+            raise EnvironmentProblem(
+                f"port {port} is held by the msmall deployment '{other.name}' ({other.status})",
+                f"Stop it with `msmall stop {other.name}`, or pick another --port.",
+            )
+
+
+@contextlib.contextmanager
+def name_lock(name: str) -> Iterator[None]:
+    """One serve per deployment name at a time: an flock on state/locks/NAME.lock, held for the
+    whole serve (the kernel drops it when msmall dies, even by SIGKILL)."""
+    import fcntl
+    import os
+
+    from msmall import paths, state
+
+    state.record_path(name)  # validates the name
+    folder = paths.ensure_private_dir(paths.ensure_private_dir(paths.state_dir()) / "locks")
+    try:
+        fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot lock {folder / name}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another msmall is already serving or starting '{name}'",
+                f"Wait for it, stop it (`msmall stop {name}`), or pick another --name.",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def serve(request: ServeRequest, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -261,6 +338,38 @@ def serve(request: ServeRequest, reporter: Reporter | None = None) -> dict[str, 
 
 def run_plan(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> dict[str, Any]:
     """The one pipeline, for every engine and runtime."""
+    with name_lock(plan.deployment):
+        return _run_locked(plan, request, reporter)
+
+
+def _record(plan: LaunchPlan, log_path: Path, launch_id: str, **fields: Any) -> None:
+    import os
+
+    from msmall import state
+    from msmall.runtimes.process import process_identity
+
+    me = os.getpid()
+    state.save(
+        state.Deployment(
+            name=plan.deployment,
+            profile=plan.profile,
+            backend=plan.backend,
+            base_url=plan.base_url,
+            served_model_name=plan.served_model_name,
+            flavor=plan.flavor,
+            log_path=str(log_path),
+            plan=plan.to_public_dict(),
+            launch_id=launch_id,
+            owner_pid=me,
+            owner_create_time=process_identity(me)[0],
+            **fields,
+        )
+    )
+
+
+def _run_locked(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> dict[str, Any]:
+    import secrets as secrets_mod
+
     from msmall import health, state
     from msmall.runtimes import runner_for
 
@@ -270,12 +379,29 @@ def run_plan(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> dic
     log_path = state.log_path_for(plan.deployment)
     handle: Handle | None = None
     detached_ok = False
+    launch_id = secrets_mod.token_hex(8)
     started = time.monotonic()
     with sigterm_as_interrupt():
         try:
-            handle = runner_for(runtime).start(
-                plan, engine, log_path, reporter, force=request.force, pull=request.pull
-            )
+            # Recorded before the engine exists: a SIGKILLed msmall leaves a record that `ps`
+            # shows and `stop` acts on, whatever moment it died.
+            _record(plan, log_path, launch_id, status="starting")
+            with signals_held():
+                handle = runner_for(runtime).start(
+                    plan,
+                    engine,
+                    log_path,
+                    reporter,
+                    force=request.force,
+                    pull=request.pull,
+                    # A foreground serve's engine dies with msmall; a detached one outlives it.
+                    die_with_parent=not request.detach,
+                    launch_id=launch_id,
+                )
+                if handle.ids.get("external"):
+                    state.remove(plan.deployment)
+                else:
+                    _record(plan, log_path, launch_id, status="starting", **handle.ids)
             follower = _LogFollower(handle.log_path, engine.log_rules, reporter, secrets)
 
             def alive() -> bool:
@@ -292,6 +418,7 @@ def run_plan(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> dic
                     alive=alive,
                     timeout_s=request.ready_timeout_s,
                 )
+                _check_answering_server(handle, plan)
             except EndpointUnhealthy as exc:
                 if handle.log_path is None:
                     raise
@@ -316,6 +443,7 @@ def run_plan(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> dic
                 reporter,
                 log_path=log_path,
                 ready_after=ready_after,
+                launch_id=launch_id,
                 **handle.ids,
             )
             if next_step != "foreground":
@@ -331,9 +459,30 @@ def run_plan(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> dic
                     reporter.close()
                     if handle is not None:
                         handle.stop()
-                    current = state.load(plan.deployment)
-                    if current is not None and handle is not None and handle.owns(current):
+                    try:
+                        current = state.load(plan.deployment)
+                    except MsmallError:
+                        current = None
+                    if current is not None and current.launch_id == launch_id:
                         state.remove(plan.deployment)
+
+
+def _check_answering_server(handle: Handle, plan: LaunchPlan) -> None:
+    """The server that answered must be the one msmall started: two serves on one port race,
+    the loser's engine fails to listen, and the winner's would answer the loser's probes."""
+    from msmall.runtimes.process import host_port
+
+    check = getattr(handle, "answering_is_ours", None)
+    if check is None:
+        return
+    port = host_port(plan.base_url)[1]
+    foreign = check(port)
+    if foreign is not None:
+        raise EnvironmentProblem(
+            f"port {port} is served by another process (pid {foreign}), "
+            "not the server msmall started",
+            "Another server took the port first: pick another --port, or stop that one.",
+        )
 
 
 def finish_ready(
@@ -343,6 +492,7 @@ def finish_ready(
     *,
     log_path: Path,
     ready_after: float,
+    launch_id: str | None = None,
     **ids: Any,
 ) -> tuple[dict[str, Any], str]:
     """Smoke checks, the result, the state record, for every backend once the server is ready.
@@ -390,19 +540,23 @@ def finish_ready(
     if request.check_only:
         reporter.stage(f"all checks passed at {plan.openai_base_url}; stopping (--check)")
         return result, "done"
-    state.save(
-        state.Deployment(
-            name=plan.deployment,
-            profile=plan.profile,
-            backend=plan.backend,
-            base_url=plan.base_url,
-            served_model_name=plan.served_model_name,
-            flavor=plan.flavor,
-            log_path=str(log_path),
-            plan=plan.to_public_dict(),
-            **ids,
+    if ids.get("external"):
+        state.save(
+            state.Deployment(
+                name=plan.deployment,
+                profile=plan.profile,
+                backend=plan.backend,
+                base_url=plan.base_url,
+                served_model_name=plan.served_model_name,
+                flavor=plan.flavor,
+                log_path=str(log_path),
+                plan=plan.to_public_dict(),
+                launch_id=launch_id,
+                **ids,
+            )
         )
-    )
+    else:
+        _record(plan, log_path, launch_id or "", status="ready", **ids)
     if request.detach:
         reporter.stage(
             f"ready at {plan.openai_base_url} (detached; `msmall stop {plan.deployment}`)"

@@ -34,13 +34,23 @@ class _Strict(BaseModel):
         extra="forbid", validate_assignment=True, allow_inf_nan=False, coerce_numbers_to_str=True
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: Any) -> Any:
+        # pydantic's lax mode reads `port: true` as port 1 and `gpu_count: yes` as 1 GPU.
+        if isinstance(v, bool):
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and "bool" not in repr(field.annotation):
+                raise ValueError("must be a value, not true/false")
+        return v
+
 
 class Hardware(_Strict):
     gpu_count: int = Field(1, ge=0, le=64, description="GPUs the profile needs")
-    min_vram_gib: float = Field(0, ge=0, description="minimum memory per GPU")
+    min_vram_gib: float = Field(0, ge=0, le=4096, description="minimum memory per GPU")
     min_cuda: str | None = Field(None, description="minimum CUDA driver version, e.g. '12.1'")
-    min_ram_gib: float = Field(0, ge=0)
-    min_disk_gib: float = Field(0, ge=0, description="free disk for the weights")
+    min_ram_gib: float = Field(0, ge=0, le=65536)
+    min_disk_gib: float = Field(0, ge=0, le=1048576, description="free disk for the weights")
     # Which GPUs to use (indices or UUIDs); default all. Processes get CUDA_VISIBLE_DEVICES,
     # containers a DeviceRequest with these device ids.
     gpu_ids: list[str] | None = None
@@ -123,7 +133,7 @@ class Serving(_Strict):
     # Ollama gives every parallel slot a full context of KV cache, so it has its own, smaller knob.
     ollama_num_parallel: int = Field(1, ge=1, le=64)
     vision: bool = True
-    images_per_prompt: int = 4
+    images_per_prompt: int = Field(4, ge=0, le=256)
     tools: bool = True
     # Default: the model record's name (mistral-small-3.1).
     served_model_name: str = ""
@@ -176,13 +186,6 @@ class Serving(_Strict):
                 f"must divide the model's {_DEFAULT_SPEC.num_kv_heads} KV heads: one of "
                 + ", ".join(map(str, _DEFAULT_SPEC.valid_tensor_parallel))
             )
-        return v
-
-    @field_validator("images_per_prompt")
-    @classmethod
-    def _images(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("must be 0 or more")
         return v
 
 
@@ -254,36 +257,115 @@ _ProfileLoader.yaml_implicit_resolvers = {
 }
 
 
-def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map each key path in a YAML mapping to its 1-based line, for error messages."""
+# A profile is a page of YAML: a bigger file is not one (and /dev/zero never ends).
+MAX_PROFILE_BYTES = 256 * 1024
+# Nodes after alias expansion. Shipped profiles have about 60; "billion laughs" aliases under
+# 1 KB expand to 10^9 and took minutes and gigabytes in pydantic and json.
+MAX_PROFILE_NODES = 20_000
+
+
+def _yaml_lines(root: yaml.Node | None, where: Path) -> dict[tuple[str, ...], int]:
+    """Map each key path to its 1-based line, for error messages. Refuses what YAML allows but a
+    profile must not hold: duplicate keys (PyYAML keeps the last one silently), recursive
+    aliases, and aliases that expand beyond MAX_PROFILE_NODES."""
     lines: dict[tuple[str, ...], int] = {}
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        # Memoised by node: an alias is the same node object, so this is linear in the file
+        # and still counts what the expansion would build.
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in on_path:
+            line = node.start_mark.line + 1
+            raise ConfigError(f"{where}:{line}: recursive YAML alias (it contains itself)")
+        on_path.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        on_path.discard(id(node))
+        sizes[id(node)] = total
+        if total > MAX_PROFILE_NODES:
+            raise ConfigError(
+                f"{where}: YAML aliases expand to more than {MAX_PROFILE_NODES} values",
+                "A profile needs a few dozen settings; remove the repeated aliases.",
+            )
+        return total
 
     def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
         if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
             for key, value in node.value:
-                path = (*prefix, str(key.value))
-                lines[path] = key.start_mark.line + 1
+                name = str(key.value)
+                line = key.start_mark.line + 1
+                if name in seen and name != "<<":
+                    raise ConfigError(
+                        f"{where}:{line}: duplicate key '{'.'.join((*prefix, name))}' "
+                        f"(first on line {seen[name]})",
+                        "Keep one of them: YAML would silently use the last.",
+                    )
+                seen[name] = line
+                path = (*prefix, name)
+                lines.setdefault(path, line)
                 walk(value, path)
 
-    try:
-        root = yaml.compose(text, Loader=_ProfileLoader)
-    except (yaml.YAMLError, RecursionError):
-        return lines
     if root is not None:
+        size(root)
         walk(root, ())
     return lines
 
 
-def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+def _read_text_bounded(path: Path) -> str:
+    """A regular file's text, at most MAX_PROFILE_BYTES; FIFOs and devices are refused before
+    anything is read (opening a FIFO without O_NONBLOCK waits for a writer forever)."""
+    import os
+    import stat
+
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(f"profile file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read profile {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(
+            f"{path} is not a regular file",
+            "A profile is a .yaml file; pass its path or its name.",
+        )
+    with os.fdopen(fd, "rb") as fh:
+        if st.st_size > MAX_PROFILE_BYTES:
+            raise ConfigError(
+                f"{path} is {st.st_size} bytes: too large for a profile "
+                f"(at most {MAX_PROFILE_BYTES // 1024} KiB)"
+            )
+        try:
+            data = fh.read(MAX_PROFILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ConfigError(f"{path}: too large for a profile")
     try:
-        data = yaml.load(text, Loader=_ProfileLoader)
-    except (ValueError, RecursionError) as exc:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read profile {path}: not UTF-8 text ({exc.reason})") from None
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    text = _read_text_bounded(path)
+    try:
+        # Compose first: the node graph is checked (duplicates, alias expansion) before any
+        # Python object is built from it.
+        root = yaml.compose(text, Loader=_ProfileLoader)
+        lines = _yaml_lines(root, path)
+        data = yaml.load(text, Loader=_ProfileLoader) if root is not None else None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    except ValueError as exc:
         # An explicit tag the constructor cannot build, e.g. `!!timestamp 2024-13-45`.
         raise ConfigError(f"{path}: malformed YAML: {exc}") from None
     except yaml.YAMLError as exc:
@@ -309,7 +391,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
             f"{path}: a profile must be a YAML mapping of keys, not {type(data).__name__}",
             "Start from `msmall profiles show 4090-q4` and edit it.",
         )
-    return data, _yaml_lines(text)
+    return data, lines
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -335,10 +417,29 @@ def _format_validation(exc: ValidationError, where: str, lines: dict[tuple[str, 
         return f"{place}: missing key '{key}'"
     msg = err["msg"]
     msg = re.sub(r"^Value error, ", "", msg)
+    bounds = _bounds(loc)
+    if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than") and bounds:
+        msg = f"must be between {bounds[0]} and {bounds[1]} (got {err.get('input')!r})"
     if kind == "literal_error":
         return f"{place}: '{key}' {msg[0].lower()}{msg[1:]} (got {err.get('input')!r})"
     extra = "" if len(exc.errors()) == 1 else f" (and {len(exc.errors()) - 1} more)"
     return f"{place}: '{key}' {msg[0].lower()}{msg[1:]}{extra}" if loc else f"{place}: {msg}"
+
+
+def _bounds(loc: tuple[str, ...]) -> tuple[Any, Any] | None:
+    """(ge, le) of the field at loc, for "must be between" messages."""
+    model: Any = Profile
+    field = None
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    lo = hi = None
+    for meta in field.metadata if field is not None else []:
+        lo = getattr(meta, "ge", lo)
+        hi = getattr(meta, "le", hi)
+    return (lo, hi) if lo is not None and hi is not None else None
 
 
 def _known_profile_files(skip: Path | None = None) -> dict[str, Path]:
@@ -464,6 +565,8 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"--set: unknown setting '{key}'.{hint}")
         try:
+            if raw.strip():
+                _yaml_lines(yaml.compose(raw, Loader=_ProfileLoader), Path(f"--set {key}"))
             value = yaml.load(raw, Loader=_ProfileLoader) if raw.strip() else ""
         except (yaml.YAMLError, ValueError, RecursionError):
             value = raw
@@ -498,6 +601,9 @@ def load_all() -> list[Profile | ConfigError]:
             out.append(load_profile(name))
         except ConfigError as exc:
             out.append(exc)
+        except (RecursionError, ValueError, TypeError, OSError, MemoryError) as exc:
+            # Whatever a hostile file does, one profile never takes the listing down.
+            out.append(ConfigError(f"profile '{name}' cannot be loaded: {type(exc).__name__}"))
     return out
 
 

@@ -185,11 +185,11 @@ CORPUS: dict[str, tuple[str, str]] = {
     "gpu-util-above-one.yaml": ("profile", "gpu-util-above-one.yaml:3: 'serving.gpu_memory_utilization' must be in (0, 1]"),
     "context-too-long.yaml": ("profile", ":3: 'serving.max_model_len' must be between 256 and 131072"),
     "context-not-a-number.yaml": ("profile", "'serving.max_model_len' must be a number of tokens"),
-    "images-negative.yaml": ("profile", "images-negative.yaml:4: 'serving.images_per_prompt' must be 0 or more"),
+    "images-negative.yaml": ("profile", "images-negative.yaml:4: 'serving.images_per_prompt' must be between 0 and 256"),
     "unknown-backend.yaml": ("profile", "unknown-backend.yaml:2: 'backend' must be one of: ollama, vllm, docker, simulator (got 'tgi')"),
     "bad-hf-format.yaml": ("profile", ":4: 'model.hf_format' input should be 'mistral' or 'hf' (got 'gguf')"),
     "bad-min-cuda.yaml": ("profile", "bad-min-cuda.yaml:3: 'hardware.min_cuda' must look like '12.1'"),
-    "port-out-of-range.yaml": ("profile", ":3: 'serving.port' input should be less than or equal to 65535"),
+    "port-out-of-range.yaml": ("profile", ":3: 'serving.port' must be between 1 and 65535"),
     "infinite-vram.yaml": ("profile", ":3: 'hardware.min_vram_gib' input should be a finite number"),
     "env-not-a-mapping.yaml": ("profile", ":3: 'serving.env' input should be a valid dictionary"),
     "extra-args-not-a-list.yaml": ("profile", ":3: 'serving.extra_args' input should be a valid list"),
@@ -249,7 +249,7 @@ def test_unknown_profile_shows_known_ones_and_closest(cli) -> None:
         (["--set", "tensor_parallel_size=3"], "must divide the model's 8 KV heads"),
         (["--set", "gpu_memory_utilization=1.5"], "must be in (0, 1]"),
         (["--set", "max_model_len=200000"], "must be between 256 and 131072"),
-        (["--set", "images_per_prompt=-2"], "must be 0 or more"),
+        (["--set", "images_per_prompt=-2"], "must be between 0 and 256"),
         (["--set", "max_model_len"], "--set expects key=value"),
         (["--set", "max_len=1"], "Did you mean 'max_model_len'?"),
         (["--backend", "vllm", "--vllm-version", "0.7.2"], "cannot serve Mistral Small 3.1"),
@@ -379,7 +379,11 @@ def test_host_0000_with_a_key_is_allowed_and_the_key_hidden(
 
 
 def test_ollama_on_0000_warns_on_stderr(cli) -> None:
-    result = cli("serve", "--profile", "4090-q4", "--host", "0.0.0.0", "--dry-run")
+    refused = cli("serve", "--profile", "4090-q4", "--host", "0.0.0.0", "--dry-run")
+    assert refused.code == 2 and "--allow-unauthenticated" in refused.err
+    result = cli(
+        "serve", "--profile", "4090-q4", "--host", "0.0.0.0", "--allow-unauthenticated", "--dry-run"
+    )
     assert result.code == 0
     assert result.err_lines[1].startswith("warning: Ollama has no authentication")
     assert "OLLAMA_HOST=0.0.0.0:11434" in result.out

@@ -376,7 +376,9 @@ def test_binding_beyond_loopback_needs_a_key(backend: str, host: str) -> None:
 
 
 def test_ollama_beyond_loopback_warns_because_it_has_no_auth() -> None:
-    p = plan("4090-q4", backend="ollama", host="0.0.0.0")
+    with pytest.raises(ConfigError, match="no authentication"):
+        plan("4090-q4", backend="ollama", host="0.0.0.0")
+    p = plan("4090-q4", backend="ollama", host="0.0.0.0", allow_unauthenticated=True)
     assert p.env["OLLAMA_HOST"] == "0.0.0.0:11434"
     assert any("no authentication" in w for w in p.warnings)
     assert p.base_url == "http://127.0.0.1:11434"

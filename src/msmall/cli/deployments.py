@@ -15,16 +15,38 @@ def register(app: typer.Typer) -> None:
     app.command("stop")(stop)
 
 
-def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def ps(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    api_key: Optional[str] = typer.Option(
+        None,
+        "--api-key",
+        envvar="MSMALL_API_KEY",
+        show_envvar=True,
+        help="Key for probing deployments served with one (records never hold keys).",
+    ),
+) -> None:
     """List msmall deployments with their live health."""
+    import sys
+
     from msmall.deployments import list_deployments
 
-    rows = list_deployments()
+    rows = list_deployments(api_key=api_key or None)
     if as_json:
         print_json(rows)
         return
     if not rows:
         out().print("no deployments (start one with `msmall serve --detach`)", markup=False)
+        return
+    if not sys.stdout.isatty():
+        # In a pipe: whole names and URLs, tab-separated, so scripts can cut columns.
+        cols = ("name", "profile", "backend", "status", "health", "base_url")
+        sys.stdout.write(
+            "\t".join(c if c != "base_url" else "url" for c in cols) + "\tpid/container\n"
+        )
+        for r in rows:
+            ident = str(r.get("pid") or "") or (r.get("container_id") or "")
+            sys.stdout.write("\t".join(str(r.get(c) or "") for c in cols) + f"\t{ident}\n")
+        sys.stdout.flush()
         return
     from rich.table import Table
 
@@ -84,8 +106,10 @@ def stop(
     done = deployments.stop_all() if all_ else [deployments.stop(name)]
     if as_json:
         print_json(done)
-        return
-    for item in done:
-        out().print(f"{item['name']}: {item['action']}", markup=False)
-    if not done:
-        out().print("nothing to stop", markup=False)
+    else:
+        for item in done:
+            out().print(f"{item['name']}: {item['action']}", markup=False)
+        if not done:
+            out().print("nothing to stop", markup=False)
+    if any(item.get("error") for item in done):
+        raise typer.Exit(1)

@@ -25,6 +25,9 @@ def health(
     ),
     no_tools: bool = typer.Option(False, "--no-tools", help="Skip the tool-call check."),
     no_vision: bool = typer.Option(False, "--no-vision", help="Skip the image check."),
+    timeout: float = typer.Option(
+        120.0, "--timeout", help="Seconds each check may take in all (a slow server fails)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Check that an endpoint really serves: chat, streaming, tool calls, images. Exit 0 only if all pass."""
@@ -36,20 +39,25 @@ def health(
         base = base[:-3]
     if not base.startswith(("http://", "https://")):
         raise ConfigError(
-            f"'{url}' is not an http(s) URL", "Example: msmall health http://127.0.0.1:8000"
+            f"'{core.clean(core.public_url(url))}' is not an http(s) URL",
+            "Example: msmall health http://127.0.0.1:8000",
         )
     name = model or core.first_model(base, api_key)
-    report = core.smoke(base, name, api_key=api_key, tools=not no_tools, vision=not no_vision)
+    if not 0 < timeout <= 3600:
+        raise ConfigError(f"--timeout {timeout} is not between 0 and 3600 seconds")
+    report = core.smoke(
+        base, name, api_key=api_key, tools=not no_tools, vision=not no_vision, timeout_s=timeout
+    )
     if as_json:
         print_json(report.to_dict())
     else:
         from msmall.cli.serve_view import _check_line
 
-        err().print(f"msmall: {base} model {name}", markup=False)
+        err().print(f"msmall: {core.public_url(base)} model {name}", markup=False)
         for check in report.checks:
             err().print(_check_line(check), markup=False)
     if not report.ok:
         failed = ", ".join(c.name for c in report.checks if not c.ok and not c.skipped)
         if as_json:
             raise typer.Exit(EndpointUnhealthy.exit_code)
-        raise EndpointUnhealthy(f"{failed} failed at {base}")
+        raise EndpointUnhealthy(f"{failed} failed at {core.public_url(base)}")

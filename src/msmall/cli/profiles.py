@@ -34,7 +34,10 @@ def list_profiles(as_json: bool = JSON_OPT) -> None:
     table.add_column("about", overflow="fold", ratio=1)
     for p in loaded:
         if isinstance(p, ConfigError):
-            table.add_row("[red]broken[/]", "", "", "", "", "", "", str(p))
+            from rich.markup import escape
+
+            # escape: the message quotes a file name and its content, which may hold "[...]".
+            table.add_row("[red]broken[/]", "", "", "", "", "", "", escape(str(p)))
             continue
         hw, sv = p.hardware, p.serving
         table.add_row(

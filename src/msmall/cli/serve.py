@@ -45,6 +45,11 @@ def serve(
         help="Require this key on /v1 (needed to bind beyond 127.0.0.1).",
     ),
     name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: profile)."),
+    allow_unauthenticated: bool = typer.Option(
+        False,
+        "--allow-unauthenticated",
+        help="Let an engine without authentication (Ollama) bind beyond 127.0.0.1.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command; run nothing."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once ready; keep serving."),
     no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the chat/tools/vision checks."),
@@ -71,8 +76,33 @@ def serve(
         raise ConfigError("--check runs the smoke checks and stops: drop --detach / --no-smoke")
     options = PlanOptions(
         backend=backend, host=host, port=port, vllm_version=vllm_version, api_key=api_key,
-        deployment=name,
+        deployment=name, allow_unauthenticated=allow_unauthenticated,
     )  # fmt: skip
+    from msmall.errors import MsmallError
+
+    try:
+        _serve(profile, set_, options, dry_run, detach, no_smoke, force, pull, ready_timeout,
+               check, as_json)  # fmt: skip
+    except MsmallError as exc:
+        if as_json:
+            # Scripts read stdout: a failure is a JSON object there too (the text goes to stderr).
+            print_json(
+                {
+                    "ok": False,
+                    "error": {
+                        "kind": type(exc).__name__,
+                        "message": exc.message,
+                        "fix": exc.fix,
+                        "details": exc.details,
+                        "exit_code": exc.exit_code,
+                    },
+                }
+            )
+        raise
+
+
+def _serve(profile, set_, options, dry_run, detach, no_smoke, force, pull, ready_timeout,
+           check, as_json) -> None:  # fmt: skip
     if dry_run:
         _dry_run(profile, set_, options, force, as_json)
         return

@@ -409,6 +409,7 @@ class ContainerRunner:
         *,
         force: bool = False,
         pull: str = "missing",
+        **_: Any,
     ) -> ContainerHandle:
         import docker
 

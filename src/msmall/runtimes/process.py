@@ -37,7 +37,13 @@ INSTALL_HINTS = {
 
 
 def port_in_use(host: str, port: int) -> bool:
-    """True when something accepts connections on host:port (or the bind would fail)."""
+    """True when something accepts connections on host:port, or holds it bound.
+
+    vLLM (and the simulator) bind the port before loading and listen only when ready, both with
+    SO_REUSEADDR; a probe bind with SO_REUSEADDR succeeds beside such a socket on Linux, so the
+    probe binds without it. That bind also fails on a port with connections in TIME_WAIT from an
+    earlier server; only then is the SO_REUSEADDR answer used.
+    """
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     try:
         with socket.create_connection((connect_host, port), timeout=0.3):
@@ -45,13 +51,53 @@ def port_in_use(host: str, port: int) -> bool:
     except OSError:
         pass
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for reuse in (False, True):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            if reuse:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return False
+            except OSError:
+                if reuse or not _only_time_wait(port):
+                    return True
+    return True
+
+
+def _only_time_wait(port: int) -> bool:
+    """True when every TCP entry on this local port is a closing connection (TIME_WAIT etc.)."""
+    states = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            s.bind((host, port))
+            lines = Path(table).read_text().splitlines()[1:]
         except OSError:
-            return True
-    return False
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[1].rsplit(":", 1)[-1] == f"{port:04X}":
+                states.append(fields[3])
+    # 0A = LISTEN; 06 TIME_WAIT, 08 CLOSE_WAIT... are leftovers that do not hold a bind.
+    return bool(states) and "0A" not in states
+
+
+def listening_pids(port: int) -> set[int] | None:
+    """Pids of processes listening on this TCP port; None when that cannot be read."""
+    import psutil
+
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return None
+    found = {
+        c.pid
+        for c in conns
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
+    }
+    if not found and any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns
+    ):
+        return None  # a listener whose pid we may not see (another user's)
+    return found
 
 
 def resolve_executable(argv: list[str]) -> list[str]:
@@ -76,6 +122,7 @@ class ServerProcess:
     pid: int
     log_path: Path
     create_time: float = 0.0
+    cmdline_sha: str | None = None
     _popen: subprocess.Popen | None = field(default=None, repr=False)
 
     def poll(self) -> int | None:
@@ -91,18 +138,97 @@ class ServerProcess:
 def fresh_log(log_path: Path, header: str) -> None:
     """One run per log file: the live view and the failure diagnosis read the whole file, and an
     earlier run's OOM must not explain this one. The previous run's log is kept beside it."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    from msmall import paths
+
+    paths.ensure_private_dir(log_path.parent)
     if log_path.exists():
         log_path.replace(log_path.with_name(log_path.name + ".1"))
-    with open(log_path, "wb") as fh:
+    # 0600: engine output can hold tokens (a failed HF download echoes its URL and headers).
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
         fh.write(header.encode())
 
 
-def start_process(plan: LaunchPlan, log_path: Path) -> ServerProcess:
+# Run in the child before the engine: ask the kernel to SIGTERM it when msmall dies (even by
+# SIGKILL), then exec the engine. prctl from a preexec_fn is unsafe once msmall has threads (the
+# live view has one); a tiny exec stage is not. The exec pipe closes on exec (CLOEXEC), so
+# msmall reads the engine's own identity, not this stage's. Linux only; elsewhere, none.
+_PDEATHSIG_STAGE = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    os._exit(70)  # msmall died before prctl: nothing would stop this engine
+fd = int(sys.argv[2])
+os.set_inheritable(fd, False)
+try:
+    os.execv(sys.argv[3], sys.argv[3:])
+except OSError as exc:
+    os.write(fd, str(exc).encode())
+    os._exit(127)
+"""
+
+
+def _with_parent_death_signal(argv: list[str]) -> tuple[list[str], tuple[int, int] | None]:
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return argv, None
+    read_fd, write_fd = os.pipe()
+    os.set_inheritable(write_fd, True)
+    return [sys.executable, "-c", _PDEATHSIG_STAGE, str(os.getpid()), str(write_fd), *argv], (
+        read_fd,
+        write_fd,
+    )
+
+
+def _wait_exec(pipe: tuple[int, int] | None, timeout_s: float = 30.0) -> str:
+    """Block until the exec stage has exec'd the engine (EOF) or failed (its message)."""
+    import select
+
+    if pipe is None:
+        return ""
+    read_fd, write_fd = pipe
+    os.close(write_fd)
+    chunks = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([read_fd], [], [], left)
+            if not ready:
+                break
+            data = os.read(read_fd, 4096)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(read_fd)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+# Set in the engine's environment: finds an engine whose pid never reached the record (msmall
+# SIGKILLed between starting it and writing the pid).
+LAUNCH_ID_ENV = "MSMALL_LAUNCH_ID"
+
+
+def start_process(
+    plan: LaunchPlan, log_path: Path, die_with_parent: bool = False, launch_id: str | None = None
+) -> ServerProcess:
     argv = resolve_executable(plan.argv)
+    pipe = None
+    if die_with_parent:
+        argv, pipe = _with_parent_death_signal(argv)
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
-    fresh_log(log_path, f"--- msmall: starting {plan.engine} for {plan.deployment}\n")
-    with open(log_path, "ab", buffering=0) as log:
+    if launch_id:
+        env[LAUNCH_ID_ENV] = launch_id
+    try:
+        fresh_log(log_path, f"--- msmall: starting {plan.engine} for {plan.deployment}\n")
+        log = open(log_path, "ab", buffering=0)  # noqa: SIM115 (closed below, after Popen)
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"cannot write the log {log_path}: {exc.strerror or exc}",
+            "Free some disk space, or point MSMALL_STATE_DIR at a writable directory.",
+        ) from None
+    with log:
         try:
             popen = subprocess.Popen(
                 argv,
@@ -112,21 +238,52 @@ def start_process(plan: LaunchPlan, log_path: Path) -> ServerProcess:
                 env=env,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=pipe[1:] if pipe else (),
             )
         except OSError as exc:
+            if pipe:
+                os.close(pipe[0])
+                os.close(pipe[1])
             raise EngineUnavailable(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+    failed = _wait_exec(pipe)
+    if failed:
+        raise EngineUnavailable(f"cannot start {plan.argv[0]}: {failed}")
+    # Popen returns after the exec succeeded, so this is the engine's own identity.
+    create_time, cmdline_sha = process_identity(popen.pid)
     return ServerProcess(
-        pid=popen.pid, log_path=log_path, create_time=_create_time(popen.pid), _popen=popen
+        pid=popen.pid,
+        log_path=log_path,
+        create_time=create_time,
+        cmdline_sha=cmdline_sha,
+        _popen=popen,
     )
 
 
-def _create_time(pid: int) -> float:
+def _cmdline_sha(cmdline: list[str]) -> str:
+    """A digest, not the command line: the argv can hold an API key and records hold no secret."""
+    import hashlib
+
+    return hashlib.sha256("\0".join(cmdline).encode("utf-8", "replace")).hexdigest()
+
+
+def process_identity(pid: int) -> tuple[float, str | None]:
+    """(create time, command-line digest) of a live process; (0.0, None) if it cannot be read."""
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        return proc.create_time(), _cmdline_sha(proc.cmdline())
     except psutil.Error:
-        return 0.0
+        return 0.0, None
+
+
+def _create_time(pid: int) -> float:
+    return process_identity(pid)[0]
+
+
+# Two readings of one process's create time agree to the clock tick (10 ms); a recycled pid
+# started later. Half a second leaves room for a suspended laptop's clock adjustments.
+CREATE_TIME_SLACK_S = 0.5
 
 
 def pid_alive(pid: int, create_time: float = 0.0) -> bool:
@@ -137,9 +294,62 @@ def pid_alive(pid: int, create_time: float = 0.0) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return not create_time or abs(proc.create_time() - create_time) < 1.0
+        return not create_time or abs(proc.create_time() - create_time) < CREATE_TIME_SLACK_S
     except psutil.Error:
         return False
+
+
+def foreign_reason(pid: int | None, create_time: float, cmdline_sha: str | None) -> str | None:
+    """Why the process a record names must not be signalled, or None when it is msmall's engine.
+
+    `stop` sends its signals to the whole process group (killpg), so a wrong pid is dangerous:
+    pid 1 makes killpg(1) mean kill(-1), every process the user may signal. Only a live group
+    leader whose create time and command line both match the record is trusted; a record without
+    them (written by an msmall before 0.4) is not.
+    """
+    import psutil
+
+    if pid is None or pid <= 1:
+        return f"pid {pid} cannot be a server msmall started"
+    if not create_time or not cmdline_sha:
+        return "the record does not identify its process (written by an older msmall)"
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return f"pid {pid} has exited"
+        if abs(proc.create_time() - create_time) >= CREATE_TIME_SLACK_S:
+            return f"pid {pid} is now another process (started at another time)"
+        if os.getpgid(pid) != pid:
+            return f"pid {pid} is not the process group msmall started"
+        if _cmdline_sha(proc.cmdline()) != cmdline_sha:
+            return f"pid {pid} runs another command than the one msmall started"
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        return f"pid {pid} has exited"
+    return None
+
+
+def find_by_launch_id(launch_id: str, not_before: float) -> list[int]:
+    """Group leaders carrying MSMALL_LAUNCH_ID=launch_id, started after the record was."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["create_time"]):
+        try:
+            if proc.pid <= 1 or (proc.info["create_time"] or 0) < not_before - 1:
+                continue
+            if proc.environ().get(LAUNCH_ID_ENV) == launch_id and os.getpgid(proc.pid) == proc.pid:
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def stop_recorded(pid: int, create_time: float, cmdline_sha: str | None, grace_s: float) -> bool:
+    """Stop a server found from a record, only when it is provably the one msmall started."""
+    if foreign_reason(pid, create_time, cmdline_sha) is not None:
+        return False
+    stop_process_group(pid, create_time, grace_s)
+    return True
 
 
 def stop_process_group(
@@ -148,6 +358,8 @@ def stop_process_group(
     """SIGTERM the server's whole group, wait (bounded), then SIGKILL whatever is left."""
     import psutil
 
+    if pid <= 1:
+        return  # killpg(1) would be kill(-1); killpg(0) our own group
     if popen is None and not pid_alive(pid, create_time):
         return
     try:
@@ -256,7 +468,16 @@ class ProcessHandle:
 
     @property
     def ids(self) -> dict[str, Any]:
-        return {"pid": self.proc.pid, "pid_create_time": self.proc.create_time}
+        if self.alive():
+            # Read again: an engine may retitle itself while loading (setproctitle), and the
+            # record must match what `stop` will see later. It is our child, so it is ours.
+            _, sha = process_identity(self.proc.pid)
+            self.proc.cmdline_sha = sha or self.proc.cmdline_sha
+        return {
+            "pid": self.proc.pid,
+            "pid_create_time": self.proc.create_time,
+            "pid_cmdline_sha": self.proc.cmdline_sha,
+        }
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -272,6 +493,22 @@ class ProcessHandle:
 
     def owns(self, record: Any) -> bool:
         return record.pid == self.proc.pid
+
+    def answering_is_ours(self, port: int) -> str | None:
+        """None when the server listening on `port` is this engine (or its children); else the
+        foreign pid, so that a serve that lost a port race never reports the winner as ready."""
+        import psutil
+
+        pids = listening_pids(port)
+        if not pids:
+            return None  # cannot tell (no permission, or a container proxy): keep the old trust
+        try:
+            root = psutil.Process(self.proc.pid)
+            ours = {root.pid, *(c.pid for c in root.children(recursive=True))}
+        except psutil.Error:
+            ours = {self.proc.pid}
+        foreign = pids - ours
+        return None if pids & ours or not foreign else str(min(foreign))
 
 
 class ExternalHandle:
@@ -306,7 +543,14 @@ class ProcessRunner:
     """Runs a plan's argv on this machine."""
 
     def start(
-        self, plan: LaunchPlan, engine: Engine, log_path: Path, reporter: Reporter, **_: Any
+        self,
+        plan: LaunchPlan,
+        engine: Engine,
+        log_path: Path,
+        reporter: Reporter,
+        die_with_parent: bool = False,
+        launch_id: str | None = None,
+        **_: Any,
     ) -> ProcessHandle | ExternalHandle:
         host, port = host_port(plan.base_url)
         if engine.reusable_server is not None and port_in_use(host, port):
@@ -319,4 +563,6 @@ class ProcessRunner:
             return ExternalHandle(engine.label)
         ensure_port_free(host, port)
         reporter.stage(f"starting {engine.label}")
-        return ProcessHandle(start_process(plan, log_path), engine.label)
+        return ProcessHandle(
+            start_process(plan, log_path, die_with_parent, launch_id), engine.label
+        )
