@@ -112,3 +112,13 @@ def with_sigint(argv: list[str], disposition: str = "default") -> list[str]:
 def msmall_cmd(*args: str) -> list[str]:
     """argv that runs the msmall CLI in a real subprocess."""
     return [sys.executable, "-m", "msmall", *args]
+
+
+@pytest.fixture(scope="session")
+def nvidia_dockerd():
+    """One private real dockerd (NVIDIA toolkit stand-in, stand-in vLLM image) for the whole
+    session, shared by the real-Docker tests and the export compose-up test: it owns the cached
+    data root, and a second daemon on it would wait for the first's lock."""
+    import docker_daemon  # tests/e2e/docker_daemon.py; tests/e2e is on sys.path by then
+
+    yield from docker_daemon.toolkit_daemon_session()

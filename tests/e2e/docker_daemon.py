@@ -673,3 +673,64 @@ def tiny_vllm_image(daemon: PrivateDaemon, refs: tuple[str, ...] = VLLM_TAGS) ->
                 buf.getvalue(), repository=repo, tag=version,
                 changes=['ENTRYPOINT ["vllm", "serve"]'],
             )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The session's daemons (used by the fixtures in tests/conftest.py and test_docker_real.py)
+
+
+def start_or_skip(daemon: PrivateDaemon) -> PrivateDaemon:
+    import pytest
+
+    try:
+        return daemon.start()
+    except CannotRun as exc:
+        pytest.skip(f"no private Docker Engine here: {exc}")
+
+
+def teardown_checked(daemon: PrivateDaemon) -> None:
+    """Remove every container, stop dockerd by its pid file, check nothing of it is left."""
+    if daemon.stopped:
+        return
+    left: list[str] = []
+    try:
+        left = daemon.remove_containers()
+    finally:
+        daemon.stop()
+    processes = daemon.leftover_processes()
+    bridge_left = bridge_exists(daemon.bridge)
+    if not processes and not bridge_left:
+        daemon.remove_run_dir()
+    assert not left, f"containers left at the end of the session (removed now): {left}"
+    assert not processes, f"processes of the private dockerd still running: {processes}"
+    assert not bridge_left, f"bridge {daemon.bridge} still exists"
+
+
+def toolkit_daemon_session():
+    """dockerd as the NVIDIA Container Toolkit leaves it, with the stand-in vLLM image, for one
+    pytest session: it owns the cached data root, so every test that needs it shares this one."""
+    import sys
+
+    import pytest
+
+    reason = why_not_runnable()
+    if reason:
+        pytest.skip(f"no private Docker Engine here: {reason}")
+    # One session at a time owns the cached data root (the image and its build cache).
+    with file_lock(CACHE_DIR / "dockerd-data.lock", LOCK_WAIT_S):
+        daemon = start_or_skip(
+            PrivateDaemon(nvidia="toolkit", data_root=CACHE_DIR / "dockerd-data")
+        )
+        try:
+            try:
+                report = ensure_stand_in_image(daemon)
+            except MissingTool as exc:
+                pytest.skip(f"cannot build the stand-in vLLM image: {exc}")
+            sys.stderr.write(
+                f"\nstand-in image {report.image_id[7:19]}: "
+                f"{'built ' + ', '.join(report.built) if report.built else 'from the cache'} "
+                f"in {report.seconds:.1f} s\n"
+            )
+            yield daemon
+        finally:
+            teardown_checked(daemon)

@@ -32,15 +32,11 @@ import pytest
 
 from conftest import FAKES_DIR, msmall_cmd
 from docker_daemon import (
-    CACHE_DIR,
-    LOCK_WAIT_S,
     VLLM_TAGS,
-    CannotRun,
-    MissingTool,
     PrivateDaemon,
     bridge_exists,
-    ensure_stand_in_image,
-    file_lock,
+    start_or_skip,
+    teardown_checked,
     tiny_vllm_image,
     why_not_runnable,
 )
@@ -69,53 +65,8 @@ VLLM_PROFILES = [
 # Fixtures: the daemons live for the session; each test must leave no container behind
 
 
-def _start(daemon: PrivateDaemon) -> PrivateDaemon:
-    try:
-        return daemon.start()
-    except CannotRun as exc:
-        pytest.skip(f"no private Docker Engine here: {exc}")
-
-
-def _teardown(daemon: PrivateDaemon) -> None:
-    """Remove every container, stop dockerd by its pid file, check nothing of it is left."""
-    if daemon.stopped:
-        return
-    left: list[str] = []
-    try:
-        left = daemon.remove_containers()
-    finally:
-        daemon.stop()
-    processes = daemon.leftover_processes()
-    bridge_left = bridge_exists(daemon.bridge)
-    if not processes and not bridge_left:
-        daemon.remove_run_dir()
-    assert not left, f"containers left at the end of the session (removed now): {left}"
-    assert not processes, f"processes of the private dockerd still running: {processes}"
-    assert not bridge_left, f"bridge {daemon.bridge} still exists"
-
-
-@pytest.fixture(scope="session")
-def nvidia_dockerd() -> Iterator[PrivateDaemon]:
-    """dockerd as the NVIDIA Container Toolkit leaves it, with the stand-in vLLM image."""
-    reason = why_not_runnable()
-    if reason:
-        pytest.skip(f"no private Docker Engine here: {reason}")
-    # One session at a time owns the cached data root (the image and its build cache).
-    with file_lock(CACHE_DIR / "dockerd-data.lock", LOCK_WAIT_S):
-        daemon = _start(PrivateDaemon(nvidia="toolkit", data_root=CACHE_DIR / "dockerd-data"))
-        try:
-            try:
-                report = ensure_stand_in_image(daemon)
-            except MissingTool as exc:
-                pytest.skip(f"cannot build the stand-in vLLM image: {exc}")
-            sys.stderr.write(
-                f"\nstand-in image {report.image_id[7:19]}: "
-                f"{'built ' + ', '.join(report.built) if report.built else 'from the cache'} "
-                f"in {report.seconds:.1f} s\n"
-            )
-            yield daemon
-        finally:
-            _teardown(daemon)
+_start = start_or_skip
+_teardown = teardown_checked
 
 
 @pytest.fixture(scope="session")
@@ -627,10 +578,11 @@ def test_nothing_is_left_behind(
             assert cli.containers.list(all=True) == []
             assert {n.name for n in cli.networks.list()} == DEFAULT_NETWORKS
         assert daemon.leftover_processes()  # dockerd and its containerd, still up now
-    # The session's teardown, done here so it can be asserted: afterwards no dockerd,
-    # containerd, shim or docker-proxy of theirs runs, and their bridges are gone.
-    for daemon in daemons:
-        _teardown(daemon)
-        assert daemon.leftover_processes() == []
-        assert not bridge_exists(daemon.bridge)
-        assert not daemon.socket.exists()
+    # The teardown, done here for the daemon only this file uses so it can be asserted:
+    # afterwards no dockerd, containerd, shim or docker-proxy of it runs and its bridge is gone.
+    # The toolkit daemon is shared with other files (tests/conftest.py); its session teardown
+    # makes the same checks (teardown_checked) and fails the session if anything is left.
+    _teardown(plain_dockerd)
+    assert plain_dockerd.leftover_processes() == []
+    assert not bridge_exists(plain_dockerd.bridge)
+    assert not plain_dockerd.socket.exists()

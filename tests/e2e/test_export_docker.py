@@ -32,30 +32,14 @@ PROJECT = "msmallexporttest"
 
 
 @pytest.fixture(scope="module")
-def dockerd() -> Iterator[object]:
-    reason = docker_daemon.why_not_runnable()
-    if reason:
-        pytest.skip(f"no private Docker Engine here: {reason}")
+def dockerd(nvidia_dockerd) -> Iterator[object]:
+    """The session's private dockerd (tests/conftest.py), left with no container of ours."""
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose not installed (Debian: apt-get install -y docker-compose)")
-    lock = docker_daemon.CACHE_DIR / "dockerd-data.lock"
-    with docker_daemon.file_lock(lock, docker_daemon.LOCK_WAIT_S):
-        daemon = docker_daemon.PrivateDaemon(
-            nvidia="toolkit", data_root=docker_daemon.CACHE_DIR / "dockerd-data"
-        )
-        try:
-            daemon.start()
-        except docker_daemon.CannotRun as exc:
-            pytest.skip(f"no private Docker Engine here: {exc}")
-        try:
-            try:
-                docker_daemon.ensure_stand_in_image(daemon)
-            except docker_daemon.MissingTool as exc:
-                pytest.skip(str(exc))
-            yield daemon
-        finally:
-            daemon.remove_containers()
-            daemon.stop()
+    try:
+        yield nvidia_dockerd
+    finally:
+        nvidia_dockerd.remove_containers()
 
 
 def _compose(directory: Path, env: dict[str, str], *args: str, timeout: float = 180) -> str:
