@@ -10,7 +10,7 @@ Sources: each model's own params.json / config.json on the hub, summarised in sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from msmall.errors import ConfigError
 
@@ -142,11 +142,12 @@ MISTRAL_SMALL_3_1 = ModelSpec(
     ollama_text_weights_gib=_ollama_weights(23.57),
 )
 
-# Mistral-Small-3.2-24B-Instruct-2506: the same architecture as 3.1 (its params.json has the same
-# dim/n_layers/n_heads/n_kv_heads/head_dim/hidden_dim/vocab_size and vision_encoder block; see
-# docs/memory.md for what was verified), a new instruct tune with better tool calling. The
-# official repo ships Mistral format only; its model card asks for vLLM >= 0.9.1.
-MISTRAL_SMALL_3_2 = ModelSpec(
+# Mistral-Small-3.2-24B-Instruct-2506: the same architecture as 3.1 (the same dim, n_layers,
+# n_heads, n_kv_heads, head_dim, hidden_dim, vocab_size and vision encoder; see docs/memory.md for
+# what was verified and how), so it is 3.1's record with its own repos, tags, name and minimum
+# vLLM (its model card asks for 0.9.1): a new instruct tune with better tool calling.
+MISTRAL_SMALL_3_2 = replace(
+    MISTRAL_SMALL_3_1,
     id="mistral-small-3.2",
     display_name="Mistral Small 3.2",
     hf_repos={
@@ -161,22 +162,7 @@ MISTRAL_SMALL_3_2 = ModelSpec(
         "fp16": "mistral-small3.2:24b-instruct-2506-fp16",
     },
     served_model_name="mistral-small-3.2",
-    num_layers=40,
-    hidden_size=5120,
-    num_query_heads=32,
-    num_kv_heads=8,
-    head_dim=128,
-    ffn_size=32768,
-    vocab_size=131072,
-    max_context=131072,
-    text_params_b=23.57,
-    vision_params_b=0.40,
-    projector_params_b=0.036,
-    max_tokens_per_image=3080,
-    recommended_temperature=0.15,
     vllm_min_version="0.9.1",
-    ollama_min_version=(0, 6, 5),
-    ollama_text_weights_gib=_ollama_weights(23.57),
 )
 
 MODELS: dict[str, ModelSpec] = {spec.id: spec for spec in (MISTRAL_SMALL_3_1, MISTRAL_SMALL_3_2)}
