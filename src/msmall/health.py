@@ -307,10 +307,15 @@ def _timed(fn: Callable[[], CheckResult]) -> CheckResult:
 
 
 def _error_text(resp: httpx.Response) -> str:
+    return _error_message(resp.text)
+
+
+def _error_message(text: str) -> str:
+    """The message of an OpenAI-style error body (`{"error": {"message": ...}}`), else the text."""
     try:
-        body = resp.json()
+        body = json.loads(text)
     except ValueError:
-        return resp.text[:300]
+        return text[:300]
     err = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(err, dict):
         return str(err.get("message") or err)[:300]
@@ -372,7 +377,8 @@ def check_stream(client: httpx.Client, model: str) -> CheckResult:
                     "stream",
                     False,
                     0,
-                    f"HTTP {resp.status_code}: {clean(head.decode('utf-8', 'replace'))}",
+                    f"HTTP {resp.status_code}: "
+                    f"{clean(_error_message(head.decode('utf-8', 'replace')))}",
                 )
             for line in _lines_within(resp, deadline):
                 read += len(line) + 1

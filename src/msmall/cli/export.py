@@ -49,6 +49,11 @@ def export(
         None, "--vllm-version", help="Generate flags for this vLLM (default: the newest known)."
     ),
     name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: profile)."),
+    allow_unauthenticated: bool = typer.Option(
+        False,
+        "--allow-unauthenticated",
+        help="Let an engine without authentication (Ollama) publish beyond 127.0.0.1.",
+    ),
     download_init: bool = typer.Option(
         False, "--download-init", help="k8s: an init container downloads the weights first."
     ),
@@ -63,7 +68,7 @@ def export(
 
     options = PlanOptions(
         backend=backend, host=host, port=port, vllm_version=vllm_version, api_key=api_key,
-        deployment=name,
+        deployment=name, allow_unauthenticated=allow_unauthenticated,
     )  # fmt: skip
     result, plan = build(
         target,
