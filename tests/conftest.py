@@ -114,6 +114,16 @@ def msmall_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "msmall", *args]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (`--dist loadgroup`), every test on the session dockerd runs in one
+    # worker: a second worker's daemon would wait on the first one's data-root lock for the
+    # whole session. Without xdist the marker does nothing.
+    for item in items:
+        if "nvidia_dockerd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("docker"))
+
+
 @pytest.fixture(scope="session")
 def nvidia_dockerd():
     """One private real dockerd (NVIDIA toolkit stand-in, stand-in vLLM image) for the whole

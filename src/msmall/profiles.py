@@ -257,6 +257,15 @@ _ProfileLoader.yaml_implicit_resolvers = {
 }
 
 
+class _FastProfileLoader(getattr(yaml, "CSafeLoader", _ProfileLoader)):  # type: ignore[misc]
+    """The same loader on libyaml's parser where PyYAML was built with it (the PyPI wheels
+    are): the pure-Python parser spent ~40 ms a profile, and `recommend` reads all of them.
+    A file it refuses is parsed again by the Python one, so the error text is the same with or
+    without libyaml."""
+
+    yaml_implicit_resolvers = _ProfileLoader.yaml_implicit_resolvers
+
+
 # A profile is a page of YAML: a bigger file is not one (and /dev/zero never ends).
 MAX_PROFILE_BYTES = 256 * 1024
 # Nodes after alias expansion. Shipped profiles have about 60; "billion laughs" aliases under
@@ -318,9 +327,10 @@ def _yaml_lines(root: yaml.Node | None, where: Path) -> dict[tuple[str, ...], in
     return lines
 
 
-def _read_text_bounded(path: Path) -> str:
-    """A regular file's text, at most MAX_PROFILE_BYTES; FIFOs and devices are refused before
-    anything is read (opening a FIFO without O_NONBLOCK waits for a writer forever)."""
+def _read_text_bounded(path: Path) -> tuple[str, tuple[int, int, int]]:
+    """A regular file's text, at most MAX_PROFILE_BYTES, and its (inode, size, mtime) stamp;
+    FIFOs and devices are refused before anything is read (opening a FIFO without O_NONBLOCK
+    waits for a writer forever)."""
     import os
     import stat
 
@@ -350,19 +360,50 @@ def _read_text_bounded(path: Path) -> str:
     if len(data) > MAX_PROFILE_BYTES:
         raise ConfigError(f"{path}: too large for a profile")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8"), (st.st_ino, st.st_size, st.st_mtime_ns)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read profile {path}: not UTF-8 text ({exc.reason})") from None
 
 
+# Parsed files by (path, inode, size, mtime): one `serve` or `doctor` reads each profile several
+# times (the named one, every one for `recommend`, `extends` parents). A copy is handed out, so
+# a caller that edits its dict never changes the next caller's.
+_PARSED: dict[tuple[str, int, int, int], tuple[dict[str, Any], dict[tuple[str, ...], int]]] = {}
+
+
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
-    text = _read_text_bounded(path)
+    import copy
+
+    text, stamp = _read_text_bounded(path)
+    key = (str(path), *stamp)
+    if key not in _PARSED:
+        if len(_PARSED) > 256:
+            _PARSED.clear()
+        _PARSED[key] = _parse_yaml(text, path)
+    data, lines = _PARSED[key]
+    return copy.deepcopy(data), dict(lines)
+
+
+def _compose_and_build(text: str, path: Path, loader_class: type) -> tuple[Any, dict]:
+    # Compose first: the node graph is checked (duplicates, alias expansion) before any Python
+    # object is built from it, then built from those same nodes (one parse).
+    loader = loader_class(text)
     try:
-        # Compose first: the node graph is checked (duplicates, alias expansion) before any
-        # Python object is built from it.
-        root = yaml.compose(text, Loader=_ProfileLoader)
+        root = loader.get_single_node()
         lines = _yaml_lines(root, path)
-        data = yaml.load(text, Loader=_ProfileLoader) if root is not None else None
+        return (loader.construct_document(root) if root is not None else None), lines
+    finally:
+        loader.dispose()
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    try:
+        try:
+            data, lines = _compose_and_build(text, path, _FastProfileLoader)
+        except yaml.YAMLError:
+            if _FastProfileLoader.__mro__[1] is _ProfileLoader:
+                raise
+            data, lines = _compose_and_build(text, path, _ProfileLoader)
     except RecursionError:
         raise ConfigError(f"{path}: YAML nested too deeply") from None
     except ValueError as exc:
