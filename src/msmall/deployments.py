@@ -123,14 +123,14 @@ def _stop_owner(dep: state.Deployment) -> bool:
     if not owner_alive(dep) or dep.owner_pid == os.getpid():
         return False
     assert dep.owner_pid is not None
+    from msmall.runtimes.process import wait_exited
+
     try:
+        owner = psutil.Process(dep.owner_pid)
         os.kill(dep.owner_pid, signal.SIGTERM)
-        psutil.Process(dep.owner_pid).wait(timeout=OWNER_STOP_S)
     except (ProcessLookupError, psutil.NoSuchProcess):
-        pass
-    except psutil.TimeoutExpired:
-        return False
-    return True
+        return True
+    return not wait_exited([owner], OWNER_STOP_S)
 
 
 def stop(name: str) -> dict[str, Any]:
@@ -151,10 +151,14 @@ def stop(name: str) -> dict[str, Any]:
         _get(name)
     assert dep is not None
     action = "removed stale record"
-    if dep.status == "starting" and _stop_owner(dep):
+    # A start in progress or a foreground serve: its msmall stops the engine as Ctrl-C would,
+    # so that terminal shows "interrupted" (exit 130), not an engine that died by itself.
+    starting = dep.status == "starting"
+    if _stop_owner(dep):
         dep = state.load(name) if record_exists(name) else None
         if dep is None:
-            return {"name": name, "action": "stopped (the start in progress was interrupted)"}
+            done = "the start in progress was interrupted" if starting else "by its msmall serve"
+            return {"name": name, "action": f"stopped ({done})"}
         action = "stopped the start in progress"
     if dep.external:
         action = "forgot the record (the Ollama daemon was not started by msmall: left running)"

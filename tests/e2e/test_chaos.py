@@ -18,7 +18,7 @@ import psutil
 
 from conftest import msmall_cmd
 
-TRIALS = int(os.environ.get("MSMALL_CHAOS_TRIALS", "20"))
+TRIALS = int(os.environ.get("MSMALL_CHAOS_TRIALS", "8"))
 SEED = int(os.environ.get("MSMALL_CHAOS_SEED", str(int(time.time()))))
 
 

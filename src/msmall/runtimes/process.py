@@ -352,6 +352,27 @@ def stop_recorded(pid: int, create_time: float, cmdline_sha: str | None, grace_s
     return True
 
 
+def wait_exited(procs: list, timeout: float) -> list:
+    """psutil.wait_procs, except that an exited process its parent has not reaped yet (a
+    zombie) counts as gone: msmall is often not the parent (the engine of a foreground serve
+    that `msmall stop` stops, a test's child), and psutil would wait the whole timeout for it.
+    Returns the ones still running."""
+    import psutil
+
+    def running(proc: psutil.Process) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if running(p)]
+    while alive and time.monotonic() < deadline:
+        psutil.wait_procs(alive, timeout=min(0.05, max(0.0, deadline - time.monotonic())))
+        alive = [p for p in alive if running(p)]
+    return alive
+
+
 def stop_process_group(
     pid: int, create_time: float, grace_s: float, popen: subprocess.Popen | None = None
 ) -> None:
@@ -377,7 +398,7 @@ def stop_process_group(
             popen.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             pass
-    _, alive = psutil.wait_procs(members, timeout=max(0.0, deadline - time.monotonic()))
+    alive = wait_exited(members, max(0.0, deadline - time.monotonic()))
     if alive or (popen is not None and popen.poll() is None):
         try:
             os.killpg(pid, signal.SIGKILL)
@@ -388,7 +409,7 @@ def stop_process_group(
                 proc.kill()
             except psutil.Error:
                 pass
-        psutil.wait_procs(alive, timeout=5)
+        wait_exited(alive, 5.0)
         if popen is not None:
             try:
                 popen.wait(timeout=5)
