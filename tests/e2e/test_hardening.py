@@ -3,6 +3,7 @@ state dirs and races. Each class of the issue has its section below."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -432,24 +434,41 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+@contextlib.contextmanager
+def racing(argvs: list[tuple[str, ...]]) -> Iterator[list[tuple[int, str, str]]]:
+    """Start the msmalls at once; yield each one's (exit code, stdout, stderr). Afterwards
+    nothing is left, even when a racer did not finish in time: each one still running is
+    stopped as Ctrl-C would (it stops the engine it started), then `stop --all`."""
+    racers = [spawn(*argv) for argv in argvs]
+    try:
+        yield [(r.wait(timeout=60), r.stdout.read(), r.stderr.read()) for r in racers]
+    finally:
+        for r in racers:
+            if r.poll() is None:
+                r.send_signal(signal.SIGINT)
+        for r in racers:
+            try:
+                r.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                r.kill()
+                r.wait(timeout=10)
+        run("stop", "--all")
+
+
 def test_same_name_at_once_exactly_one_proceeds() -> None:
     for trial in range(RACES):
         ports = free_ports(2)
-        racers = [
-            spawn(
-                "serve", "--profile", "demo", "--name", "same", "--port", str(p), "--detach", *SHORT
-            )
+        argvs = [
+            ("serve", "--profile", "demo", "--name", "same", "--port", str(p), "--detach", *SHORT)
             for p in ports
         ]
-        outcomes = [(r.wait(timeout=60), r.stderr.read()) for r in racers]
-        try:
+        with racing(argvs) as results:
+            outcomes = [(code, err) for code, _, err in results]
             codes = sorted(code for code, _ in outcomes)
             assert codes == [0, 2], f"trial {trial}: {outcomes}"
             loser = next(err for code, err in outcomes if code == 2)
             assert "Traceback" not in loser
             assert "already" in loser, loser
-        finally:
-            run("stop", "--all")
         for p in ports:
             assert not [
                 c
@@ -461,23 +480,12 @@ def test_same_name_at_once_exactly_one_proceeds() -> None:
 def test_same_port_at_once_the_loser_never_reports_ready() -> None:
     for trial in range(RACES):
         (port,) = free_ports(1)
-        racers = [
-            spawn(
-                "serve",
-                "--profile",
-                "demo",
-                "--name",
-                f"r{i}",
-                "--port",
-                str(port),
-                "--detach",
-                "--json",
-                *SHORT,
-            )
+        argvs = [
+            ("serve", "--profile", "demo", "--name", f"r{i}", "--port", str(port), "--detach",
+             "--json", *SHORT)
             for i in range(2)
-        ]
-        outcomes = [(r.wait(timeout=60), r.stdout.read(), r.stderr.read()) for r in racers]
-        try:
+        ]  # fmt: skip
+        with racing(argvs) as outcomes:
             winners = [o for o in outcomes if o[0] == 0]
             assert len(winners) == 1, f"trial {trial}: {[(c, e[-300:]) for c, _, e in outcomes]}"
             won = json.loads(winners[0][1])
@@ -488,8 +496,6 @@ def test_same_port_at_once_the_loser_never_reports_ready() -> None:
             assert listeners == {won["pid"]}, f"trial {trial}: ready reported on another engine"
             rows = json.loads(run("ps", "--json").stdout)
             assert [r["name"] for r in rows] == [won["deployment"]]
-        finally:
-            run("stop", "--all")
 
 
 def test_port_held_by_a_loading_engine_is_seen(free_port: int) -> None:
