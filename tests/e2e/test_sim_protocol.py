@@ -423,3 +423,176 @@ def test_messages_stream_events(vllm: httpx.Client) -> None:
         "message_delta",
         "message_stop",
     ]
+
+
+# /v1/responses and /v1/messages with tools -----------------------------------------------------
+
+RESPONSES_TOOL = {"type": "function", **TOOL["function"]}
+ANTHROPIC_TOOL = {"name": "get_weather", "input_schema": TOOL["function"]["parameters"]}
+WEATHER_ASK = "What is the weather in Paris?"
+
+
+def sse_events(reply: httpx.Response) -> list[tuple[str, dict]]:
+    out, name = [], None
+    for line in reply.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            out.append((name, json.loads(line[6:])))
+    return out
+
+
+def test_responses_function_call_items(vllm: httpx.Client) -> None:
+    body = {"model": MODEL, "input": WEATHER_ASK, "tools": [RESPONSES_TOOL]}
+    reply = vllm.post("/v1/responses", json=body).json()
+    # responses/utils.py build_response_output_items: a ResponseFunctionToolCall per call, its
+    # call_id the parser's id, no message item when the parser left no content.
+    [item] = reply["output"]
+    assert set(item) == {"arguments", "call_id", "name", "type", "id", "namespace", "status"}
+    assert item["type"] == "function_call" and item["status"] == "completed"
+    assert item["id"].startswith("fc_") and len(item["call_id"]) == 9
+    assert json.loads(item["arguments"]) == {"city": "Paris"}
+    assert reply["tool_choice"] == "auto" and reply["tools"] == [RESPONSES_TOOL]
+    assert reply["status"] == "completed"
+    # protocol.py ResponsesRequest.check_tool_usage: without tools "auto" becomes "none";
+    # from_request: max_output_tokens is the sampling params' (clamped) max_tokens.
+    plain = vllm.post("/v1/responses", json={"model": MODEL, "input": "hi"}).json()
+    assert plain["tool_choice"] == "none"
+    assert plain["max_output_tokens"] == 1000 - plain["usage"]["input_tokens"]
+
+
+def test_responses_function_call_stream_order(vllm: httpx.Client) -> None:
+    body = {"model": MODEL, "input": WEATHER_ASK, "tools": [RESPONSES_TOOL], "stream": True}
+    with vllm.stream("POST", "/v1/responses", json=body) as reply:
+        events = sse_events(reply)
+    kinds = [data["type"] for _, data in events]
+    # streaming_events.py SimpleStreamingEventProcessor: emit_simple_tool_call_open, one
+    # function_call_arguments.delta per argument piece, emit_simple_tool_call_done.
+    deltas = kinds.count("response.function_call_arguments.delta")
+    assert deltas >= 2
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        *["response.function_call_arguments.delta"] * deltas,
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [name for name, _ in events] == kinds  # api_router.py: "event: TYPE"
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    added, done = events[2][1]["item"], events[-2][1]["item"]
+    assert added["status"] == "in_progress" and added["arguments"] == ""
+    pieces = "".join(d["delta"] for _, d in events if d["type"].endswith("arguments.delta"))
+    assert json.loads(pieces) == {"city": "Paris"}
+    assert events[-3][1]["arguments"] == pieces == done["arguments"]
+    assert events[-3][1]["name"] == "get_weather"
+    assert done["id"] == added["id"] and done["call_id"] == added["call_id"]
+    assert done["status"] == "completed"
+    assert events[-1][1]["response"]["output"] == [done]
+
+
+def test_responses_tool_choice_validation(vllm: httpx.Client) -> None:
+    # protocol.py ResponsesRequest.check_tool_usage (a "before" model validator).
+    body = {"model": MODEL, "input": "hi", "tool_choice": "required"}
+    reply = vllm.post("/v1/responses", json=body)
+    message = "Tool choice 'required' must be specified with 'tools' parameter."
+    assert reply.status_code == 400
+    assert reply.json() == value_error(message, "tool_choice", body)
+    body = {"model": MODEL, "input": "hi", "tools": [RESPONSES_TOOL],
+            "tool_choice": {"type": "function", "name": "nope"}}  # fmt: skip
+    reply = vllm.post("/v1/responses", json=body)
+    message = "Tool choice 'function' not found in 'tools' parameter."
+    assert reply.status_code == 400 and reply.json() == value_error(message, "tool_choice", body)
+
+
+def test_messages_tool_use_blocks(vllm: httpx.Client) -> None:
+    body = {
+        "model": MODEL,
+        "max_tokens": 100,
+        "tools": [ANTHROPIC_TOOL],
+        "messages": [{"role": "user", "content": WEATHER_ASK}],
+    }
+    reply = vllm.post("/v1/messages", json=body).json()
+    # anthropic/serving.py messages_full_converter + api_router.py model_dump(exclude_none):
+    # the chat completion's id, a tool_use block per call, no stop_sequence key when None.
+    assert reply["id"].startswith("chatcmpl-") and "stop_sequence" not in reply
+    [block] = reply["content"]
+    assert set(block) == {"type", "id", "name", "input"}
+    assert block["type"] == "tool_use" and block["input"] == {"city": "Paris"}
+    assert len(block["id"]) == 9 and reply["stop_reason"] == "tool_use"
+    assert set(reply["usage"]) == {"input_tokens", "output_tokens"}
+    # _convert_tool_choice: {"type": "tool"} is a named tool choice, which the chat layer
+    # finishes with "stop"; _to_anthropic_stop_reason still says "tool_use".
+    named = vllm.post(
+        "/v1/messages", json={**body, "tool_choice": {"type": "tool", "name": "get_weather"}}
+    ).json()
+    assert named["stop_reason"] == "tool_use" and named["content"][0]["type"] == "tool_use"
+    none = vllm.post("/v1/messages", json={**body, "tool_choice": {"type": "none"}}).json()
+    assert none["stop_reason"] == "end_turn" and none["content"][0]["type"] == "text"
+
+
+def test_messages_tool_use_stream_events(vllm: httpx.Client) -> None:
+    body = {
+        "model": MODEL,
+        "max_tokens": 100,
+        "stream": True,
+        "tools": [ANTHROPIC_TOOL],
+        "messages": [{"role": "user", "content": WEATHER_ASK}],
+    }
+    with vllm.stream("POST", "/v1/messages", json=body) as reply:
+        events = sse_events(reply)
+    names = [name for name, _ in events]
+    deltas = names.count("content_block_delta")
+    # serving.py message_stream_converter: a tool call with an id and a name starts a
+    # tool_use block (input {}), its argument pieces are input_json_delta events.
+    assert deltas >= 2
+    assert names == [
+        "message_start",
+        "content_block_start",
+        *["content_block_delta"] * deltas,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    start = events[1][1]
+    assert start["index"] == 0 and start["content_block"]["type"] == "tool_use"
+    assert start["content_block"]["input"] == {} and start["content_block"]["name"] == "get_weather"
+    parts = [data["delta"] for name, data in events if name == "content_block_delta"]
+    assert {p["type"] for p in parts} == {"input_json_delta"}
+    assert json.loads("".join(p["partial_json"] for p in parts)) == {"city": "Paris"}
+    assert events[-2][1]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+
+
+def test_messages_errors(vllm: httpx.Client) -> None:
+    question = [{"role": "user", "content": "hi"}]
+    # api_router.py translate_error_response: errors from serving in Anthropic's shape.
+    missing = vllm.post(
+        "/v1/messages", json={"model": "nope", "max_tokens": 5, "messages": question}
+    )
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "The model `nope` does not exist."},
+    }
+    too_long = vllm.post(
+        "/v1/messages", json={"model": MODEL, "max_tokens": 5000, "messages": question}
+    )
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["type"] == "invalid_request_error"
+    # A pydantic error in AnthropicMessagesRequest is a RequestValidationError: vLLM's own
+    # handler answers (serve/exception_handling/handlers/validation.py), not the Anthropic shape.
+    body = {"model": MODEL, "messages": question}
+    reply = vllm.post("/v1/messages", json=body)
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {
+        "message": "1 validation error:\n  {'type': 'missing', 'loc': 'body.max_tokens', "
+        "'msg': 'Field required', 'input': '<dict of 2 items>'}",
+        "type": "Bad Request",
+        "param": "body.max_tokens",
+        "code": 400,
+    }
+    # protocol.py AnthropicMessagesRequest.validate_max_tokens
+    zero = vllm.post("/v1/messages", json={**body, "max_tokens": 0}).json()["error"]
+    assert "Value error, max_tokens must be positive" in zero["message"]
+    assert zero["param"] == "body.max_tokens"

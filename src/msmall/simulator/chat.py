@@ -234,13 +234,18 @@ async def prepare(body: dict[str, Any], dialect: Dialect) -> tuple[ChatRequest, 
 
 
 async def stream_tokens(
-    state: SimState, chat: ChatRequest, completion: Completion, arrived: float
-) -> AsyncIterator[str]:
-    """The answer's tokens, each when it is due (for the routes that wrap chat)."""
+    state: SimState,
+    chat: ChatRequest,
+    completion: Completion,
+    arrived: float,
+    items: list[Any] | None = None,
+) -> AsyncIterator[Any]:
+    """The answer's tokens (or ``items``, e.g. tool-call deltas, one per token), each when it
+    is due (for the routes that wrap chat)."""
     seq = await state.engine.admit(chat.prompt.tokens + completion.completion_tokens, arrived)
     try:
         await sleep_until(seq.first_deadline(), state.stop)
-        for step, piece in enumerate(completion.deltas):
+        for step, piece in enumerate(completion.deltas if items is None else items):
             if step:
                 await sleep_until(seq.next_deadline(), state.stop)
             seq.emitted()

@@ -266,6 +266,17 @@ def _type_error(kind: str, name: str, msg: str, value: Any) -> dict[str, Any]:
     return {"type": kind, "loc": f"body.{name}", "msg": msg, "input": _summarise(value)}
 
 
+def missing_error(loc: tuple[Any, ...], parent: Any) -> dict[str, Any]:
+    """Pydantic's "Field required" for ``loc`` (below ``body``); its input is the object the
+    field is missing from."""
+    return {
+        "type": "missing",
+        "loc": ".".join(("body", *map(str, loc))),
+        "msg": "Field required",
+        "input": _summarise(parent),
+    }
+
+
 class VllmDialect(Dialect):
     tool_id_style = "mistral"
 
