@@ -181,9 +181,10 @@ def test_openai_async_parse_and_stream(vllm_base: str) -> None:
 
     person, streamed, chunks = asyncio.run(run())
     assert isinstance(person, Person) and streamed == "one two three"
-    # continuous_usage_stats: every chunk carries the usage so far; the last one the total.
+    # continuous_usage_stats: every chunk carries the usage so far; the last one the total,
+    # the EOS token included (vLLM v1 counts it: three words and the EOS).
     assert all(c.usage is not None for c in chunks)
-    assert chunks[-1].usage.completion_tokens == 3 and chunks[-1].system_fingerprint
+    assert chunks[-1].usage.completion_tokens == 4 and chunks[-1].system_fingerprint
 
 
 def test_openai_tools_auto_named_required_none(oai) -> None:
@@ -283,7 +284,7 @@ def test_openai_n_logprobs_stop_and_lengths(oai) -> None:
     at_least = oai.chat.completions.create(
         model=MODEL, messages=ask("Say 'x'"), extra_body={"min_tokens": 9}
     )
-    assert at_least.usage.completion_tokens == 9
+    assert at_least.usage.completion_tokens == 10  # nine, then the EOS (counted by vLLM)
     short = oai.chat.completions.create(
         model=MODEL, messages=ask("Tell me a long story"), max_completion_tokens=3
     )
@@ -305,7 +306,7 @@ def test_openai_legacy_completions(oai) -> None:
 def test_openai_responses_api(oai) -> None:
     reply = oai.responses.create(model=MODEL, input="Reply with 'responses'")
     assert reply.output_text == "responses" and reply.status == "completed"
-    assert reply.usage.output_tokens == 1
+    assert reply.usage.output_tokens == 2  # the word and the EOS token
     text, final = "", None
     for event in oai.responses.create(model=MODEL, input="Say 'a b c'", stream=True):
         if event.type == "response.output_text.delta":

@@ -97,16 +97,142 @@ def test_wrong_json_types_get_pydantic_errors(vllm: httpx.Client) -> None:
     reply = vllm.post("/v1/chat/completions", json=chat(temperature="hot", n=1.5))
     assert reply.status_code == 400
     error = reply.json()["error"]
-    assert error["type"] == "Bad Request" and error["param"] == "body.temperature"
+    # Pydantic reports errors in the model's field order: n is declared before temperature.
+    assert error["type"] == "Bad Request" and error["param"] == "body.n"
     assert error["message"] == (
         "2 validation errors:\n"
-        "  {'type': 'float_parsing', 'loc': 'body.temperature', 'msg': 'Input should be a valid "
-        "number, unable to parse string as a number', 'input': 'hot'}\n"
         "  {'type': 'int_from_float', 'loc': 'body.n', 'msg': 'Input should be a valid integer, "
-        "got a number with a fractional part', 'input': '1.5'}"
+        "got a number with a fractional part', 'input': '1.5'}\n"
+        "  {'type': 'float_parsing', 'loc': 'body.temperature', 'msg': 'Input should be a valid "
+        "number, unable to parse string as a number', 'input': 'hot'}"
     )
     # Lax mode: numeric strings are numbers.
     assert vllm.post("/v1/chat/completions", json=chat(temperature="0.5")).status_code == 200
+
+
+# Expected texts: pydantic 2 validating vLLM 0.33's own request models (chat_completion/
+# protocol.py ChatCompletionRequest, generate/base/protocol.py FunctionDefinition, ResponseFormat
+# and its union, renderers/chat_utils/types.py ChatCompletionMessageParam over openai's message
+# TypedDicts and openai_harmony's Message), rendered as serve/exception_handling/handlers/
+# validation.py validation_exception_handler does: at most 10 errors, "...and N more errors".
+@pytest.mark.parametrize(
+    ("extra", "param", "message"),
+    [
+        pytest.param(
+            {"messages": ["hi"]},
+            "body.messages.0.ChatCompletionDeveloperMessageParam",
+            (
+                "8 validation errors:\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionDeveloperMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionSystemMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionUserMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionAssistantMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionToolMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionFunctionMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.CustomChatCompletionMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'model_type', 'loc': 'body.messages.0.Message', 'msg': 'Input should be a valid dictionary or instance of Message', 'input': 'hi', 'ctx': {'class_name': 'Message'}}"
+            ),
+            id="messages_item_not_an_object",
+        ),
+        pytest.param(
+            {"messages": [{"content": "hi"}]},
+            "body.messages.0.ChatCompletionDeveloperMessageParam.role",
+            (
+                "11 validation errors:\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionDeveloperMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionSystemMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionUserMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionAssistantMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionToolMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionToolMessageParam.tool_call_id', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionFunctionMessageParam.name', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionFunctionMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.CustomChatCompletionMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.Message.author', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  ...and 1 more errors"
+            ),
+            id="message_without_role",
+        ),
+        pytest.param(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"description": "x"}}],
+            },
+            "body.tools.0.function.name",
+            (
+                "1 validation error:\n"
+                "  {'type': 'missing', 'loc': 'body.tools.0.function.name', 'msg': 'Field required', 'input': '<dict of 1 items>'}"
+            ),
+            id="tool_function_name_missing",
+        ),
+        pytest.param(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "fn", "function": {"name": 3, "parameters": "p"}}],
+            },
+            "body.tools.0.type",
+            (
+                "3 validation errors:\n"
+                "  {'type': 'literal_error', 'loc': 'body.tools.0.type', 'msg': \"Input should be 'function'\", 'input': 'fn', 'ctx': {'expected': \"'function'\"}}\n"
+                "  {'type': 'string_type', 'loc': 'body.tools.0.function.name', 'msg': 'Input should be a valid string', 'input': '3'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.tools.0.function.parameters', 'msg': 'Input should be a valid dictionary', 'input': 'p'}"
+            ),
+            id="tool_fields_wrong_types",
+        ),
+        pytest.param(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "response_format": {"type": "json_schema", "json_schema": {"schema": {}}},
+            },
+            "body.response_format.json_schema.name",
+            (
+                "6 validation errors:\n"
+                "  {'type': 'missing', 'loc': 'body.response_format.json_schema.name', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'literal_error', 'loc': 'body.response_format.type', 'msg': \"Input should be 'structural_tag'\", 'input': 'json_schema', 'ctx': {'expected': \"'structural_tag'\"}}\n"
+                "  {'type': 'missing', 'loc': 'body.response_format.format', 'msg': 'Field required', 'input': '<dict of 2 items>'}\n"
+                "  {'type': 'literal_error', 'loc': 'body.response_format.type', 'msg': \"Input should be 'structural_tag'\", 'input': 'json_schema', 'ctx': {'expected': \"'structural_tag'\"}}\n"
+                "  {'type': 'missing', 'loc': 'body.response_format.structures', 'msg': 'Field required', 'input': '<dict of 2 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.response_format.triggers', 'msg': 'Field required', 'input': '<dict of 2 items>'}"
+            ),
+            id="json_schema_name_missing",
+        ),
+        pytest.param(
+            {"messages": [{"role": "user", "content": "hi"}], "response_format": "json"},
+            "body.response_format",
+            (
+                "3 validation errors:\n"
+                "  {'type': 'model_type', 'loc': 'body.response_format', 'msg': 'Input should be a valid dictionary or instance of ResponseFormat', 'input': 'json', 'ctx': {'class_name': 'ResponseFormat'}}\n"
+                "  {'type': 'model_type', 'loc': 'body.response_format', 'msg': 'Input should be a valid dictionary or instance of StructuralTagResponseFormat', 'input': 'json', 'ctx': {'class_name': 'StructuralTagResponseFormat'}}\n"
+                "  {'type': 'model_type', 'loc': 'body.response_format', 'msg': 'Input should be a valid dictionary or instance of LegacyStructuralTagResponseFormat', 'input': 'json', 'ctx': {'class_name': 'LegacyStructuralTagResponseFormat'}}"
+            ),
+            id="response_format_not_an_object",
+        ),
+        pytest.param(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+                "stream_options": {"include_usage": "maybe"},
+            },
+            "body.stream_options.include_usage",
+            (
+                "1 validation error:\n"
+                "  {'type': 'bool_parsing', 'loc': 'body.stream_options.include_usage', 'msg': 'Input should be a valid boolean, unable to interpret input', 'input': 'maybe'}"
+            ),
+            id="stream_options_field",
+        ),
+    ],
+)
+def test_nested_type_errors_like_pydantic(
+    vllm: httpx.Client, extra: dict, param: str, message: str
+) -> None:
+    reply = vllm.post("/v1/chat/completions", json={"model": MODEL, **extra})
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {
+        "message": message,
+        "type": "Bad Request",
+        "param": param,
+        "code": 400,
+    }
 
 
 @pytest.mark.parametrize(
@@ -596,3 +722,54 @@ def test_messages_errors(vllm: httpx.Client) -> None:
     zero = vllm.post("/v1/messages", json={**body, "max_tokens": 0}).json()["error"]
     assert "Value error, max_tokens must be positive" in zero["message"]
     assert zero["param"] == "body.max_tokens"
+
+
+# Token counts: vLLM v1 counts the EOS token ---------------------------------------------------
+
+
+def _counter(text: str, name: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith(name + "{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_completion_tokens_include_the_eos_token(vllm: httpx.Client) -> None:
+    """v1/core/sched/scheduler.py _update_request_with_output appends the sampled EOS before
+    sched/utils.py check_stop finishes on it, so the output's token_ids hold it: usage
+    (chat_completion/serving.py, stream_processor.py num_output_tokens), the streamed usage and
+    vllm:generation_tokens_total (v1/metrics/stats.py IterationStats.update_from_output) all
+    count it. A length finish has no EOS; a stop string counts the tokens through the one that
+    completed it (v1/engine/output_processor.py _trim_surplus_tokens)."""
+    ask = [{"role": "user", "content": "Say 'a b c'"}]
+    before = _counter(vllm.get("/metrics").text, "vllm:generation_tokens_total")
+    whole = vllm.post("/v1/chat/completions", json=chat(messages=ask)).json()
+    assert whole["choices"][0]["message"]["content"] == "a b c"
+    assert whole["choices"][0]["finish_reason"] == "stop"
+    assert whole["usage"]["completion_tokens"] == 4  # three words and the EOS
+    body = chat(messages=ask, stream=True,
+                stream_options={"include_usage": True, "continuous_usage_stats": True})  # fmt: skip
+    with vllm.stream("POST", "/v1/chat/completions", json=body) as reply:
+        chunks = [json.loads(x[6:]) for x in reply.iter_lines() if x.startswith("data: {")]
+    finish = next(c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"])
+    last_word = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")][-1]
+    # The EOS is its own decode step: the finish chunk (no text) carries its count.
+    assert last_word["usage"]["completion_tokens"] == 3
+    assert (
+        finish["usage"]["completion_tokens"] == 4 and chunks[-1]["usage"]["completion_tokens"] == 4
+    )
+    short = vllm.post("/v1/chat/completions", json=chat(messages=ask, max_tokens=2)).json()
+    assert short["choices"][0]["finish_reason"] == "length"
+    assert short["usage"]["completion_tokens"] == 2
+    stopped = vllm.post("/v1/chat/completions", json=chat(messages=ask, stop=[" b"])).json()
+    assert stopped["choices"][0]["message"]["content"] == "a"
+    assert stopped["choices"][0]["stop_reason"] == " b"
+    assert stopped["usage"]["completion_tokens"] == 2  # "a" and " b", no EOS
+    text = {"model": MODEL, "prompt": "Say 'a b c'", "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    with vllm.stream("POST", "/v1/completions", json=text) as reply:
+        pieces = [json.loads(x[6:]) for x in reply.iter_lines() if x.startswith("data: {")]
+    # completion/serving.py: the EOS output is a chunk like any other, with text "".
+    ends = [p["choices"][0] for p in pieces if p["choices"]][-2:]
+    assert [(c["text"], c["finish_reason"]) for c in ends] == [(" c", None), ("", "stop")]
+    assert pieces[-1]["usage"]["completion_tokens"] == 4
+    after = _counter(vllm.get("/metrics").text, "vllm:generation_tokens_total")
+    assert after - before == 4 + 4 + 2 + 2 + 4

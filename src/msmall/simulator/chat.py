@@ -82,12 +82,22 @@ class Completion:
     stop_reason: str | None = None
     # tool_choice "required" or a named function: vLLM answers content "" with the calls.
     forced: bool = False
+    # The answer ended on the model's EOS token, which vLLM counts in completion_tokens (and
+    # generates in a decode step of its own): see Dialect.counts_eos.
+    eos: bool = False
 
 
 class Dialect:
     """What differs between engines. Subclasses: VllmDialect, OllamaDialect."""
 
     tool_id_style = "openai"
+    # vLLM v1 counts the EOS token it sampled: v1/core/sched/scheduler.py
+    # _update_request_with_output appends every sampled token before check_stop
+    # (sched/utils.py) finishes on EOS, so the output's token_ids, hence usage
+    # (chat_completion/serving.py, stream_processor.py num_output_tokens) and
+    # vllm:generation_tokens_total (v1/metrics/stats.py IterationStats.update_from_output),
+    # include it. VllmDialect sets this.
+    counts_eos = False
 
     def __init__(self, state: SimState) -> None:
         self.state = state
@@ -250,8 +260,16 @@ async def stream_tokens(
                 await sleep_until(seq.next_deadline(), state.stop)
             seq.emitted()
             yield piece
+        await _eos_step(state, seq, completion)
     finally:
         seq.finish()
+
+
+async def _eos_step(state: SimState, seq: Sequence, completion: Completion) -> None:
+    """The decode step that samples the EOS token (no text): what ends the stream comes then."""
+    if completion.eos:
+        await sleep_until(seq.next_deadline(), state.stop)
+        seq.emitted()
 
 
 async def generate_whole(
@@ -481,27 +499,31 @@ def complete(chat: ChatRequest, dialect: Dialect) -> Completion:
                 id=gen.tool_call_id(dialect.tool_id_style),
             )
             if mode == "call" or forced:
-                tokens = gen.count_tokens(call.arguments_json) + 3
+                # [TOOL_CALLS], the name, [ARGS] and the arguments; then the model's EOS.
+                eos = dialect.counts_eos
+                tokens = gen.count_tokens(call.arguments_json) + 3 + eos
                 finish = dialect.tool_finish(chat)
-                return Completion("", [call], [], finish, tokens, forced=forced)
+                return Completion("", [call], [], finish, tokens, forced=forced, eos=eos)
             shaped = gen.shape(gen.tools_as_text([call]), chat.limits, pad=False)
-            return _completion(shaped)
+            return _completion(shaped, dialect)
     if chat.structured is not None:
         schema = None if chat.structured == "json" else chat.structured
         text = gen.json_answer(schema, chat.prompt.last_user_text)
-        return _completion(gen.shape(text, chat.limits, pad=False))
-    return _completion(gen.shape(gen.answer_text(chat.prompt), chat.limits))
+        return _completion(gen.shape(text, chat.limits, pad=False), dialect)
+    return _completion(gen.shape(gen.answer_text(chat.prompt), chat.limits), dialect)
 
 
-def _completion(shaped: gen.Shaped) -> Completion:
+def _completion(shaped: gen.Shaped, dialect: Dialect) -> Completion:
     text = "".join(shaped.deltas)
+    # Finished "stop" without a stop string: the model sampled its EOS (not under
+    # ignore_eos, which only ends on the length limit).
+    eos = dialect.counts_eos and shaped.finish_reason == "stop" and shaped.stop_reason is None
+    if shaped.generated is not None:
+        tokens = shaped.generated
+    else:
+        tokens = gen.token_count(shaped.deltas) + eos
     return Completion(
-        text,
-        [],
-        shaped.deltas,
-        shaped.finish_reason,
-        gen.token_count(shaped.deltas),
-        shaped.stop_reason,
+        text, [], shaped.deltas, shaped.finish_reason, tokens, shaped.stop_reason, eos=eos
     )
 
 
@@ -612,11 +634,16 @@ async def _stream(
         return render
 
     if chat.kind == "text":
-        for step, piece in enumerate(completion.deltas):
+        # After an EOS the finish rides on a chunk of its own, text "", one decode step after
+        # the last token (completion/serving.py streams the EOS token's output like any other).
+        pieces = [*completion.deltas, ""] if completion.eos else completion.deltas
+        for step, piece in enumerate(pieces):
             if step:
                 await sleep_until(seq.next_deadline(), state.stop)
-            last = step == len(completion.deltas) - 1
+            last = step == len(pieces) - 1
             generated += chat.n if piece else 0
+            if last:
+                generated = completion.completion_tokens * chat.n
             seq.emitted()
             if plain and not last:
                 for index in choices:
@@ -673,6 +700,8 @@ async def _stream(
                             "content": logprobs_content([piece], chat.top_logprobs)
                         }
                     yield sse(with_usage(chunk))
+        await _eos_step(state, seq, completion)
+        generated = completion.completion_tokens * chat.n
         for index in choices:
             chunk = dialect.chunk(cid, chat, dialect.last_delta(), completion.finish_reason, index)
             if "stop_reason" in chunk["choices"][0]:
