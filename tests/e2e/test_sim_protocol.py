@@ -773,3 +773,38 @@ def test_completion_tokens_include_the_eos_token(vllm: httpx.Client) -> None:
     assert pieces[-1]["usage"]["completion_tokens"] == 4
     after = _counter(vllm.get("/metrics").text, "vllm:generation_tokens_total")
     assert after - before == 4 + 4 + 2 + 2 + 4
+
+
+def test_kv_blocks_run_out_and_the_last_admitted_is_preempted() -> None:
+    """v1/core/sched/scheduler.py schedule(): when a running request needs a KV block and none
+    is free, the last-admitted one is preempted and recomputed later: a longer answer for
+    it, and vllm:num_preemptions_total (v1/metrics/loggers.py) counts it."""
+    import asyncio
+    import time
+
+    # 9 blocks of 16 tokens, 8 usable; each answer below needs 4 blocks by its end.
+    config = SimulatorConfig(port=0, quiet=True, kv_cache_tokens=9 * 16, max_model_len=144,
+                             ttft=0.05, tpot=0.004)  # fmt: skip
+    body = {"model": MODEL, "prompt": "go", "max_tokens": 60, "ignore_eos": True, "stream": True}
+
+    async def one(client: httpx.AsyncClient) -> tuple[float, int]:
+        started, texts = time.monotonic(), 0
+        async with client.stream("POST", "/v1/completions", json=body) as reply:
+            async for line in reply.aiter_lines():
+                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["text"]:
+                    texts += 1
+        return time.monotonic() - started, texts
+
+    async def run(base: str) -> list[tuple[float, int]]:
+        async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=30) as client:
+            return await asyncio.gather(*(one(client) for _ in range(3)))
+
+    with SimulatorThread(config) as sim:
+        results = asyncio.run(run(sim.base_url))
+        metrics = httpx.get(sim.base_url + "/metrics", trust_env=False).text
+    assert [texts for _, texts in results] == [60, 60, 60]  # recomputed, nothing lost
+    assert _counter(metrics, "vllm:num_preemptions_total") >= 1
+    assert _counter(metrics, "vllm:kv_cache_usage_perc") == 0.0  # all blocks back
+    durations = sorted(d for d, _ in results)
+    # The victim waited for blocks, then paid a prefill (ttft) again.
+    assert durations[-1] > durations[0] + 0.05, durations

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from msmall.simulator import generation as gen
-from msmall.simulator.engine import Sequence, sleep_until
+from msmall.simulator.engine import Sequence
 from msmall.simulator.images import ImageError, ImageInfo, decode_data_url, inspect_image
 
 if TYPE_CHECKING:
@@ -98,6 +98,9 @@ class Dialect:
     # vllm:generation_tokens_total (v1/metrics/stats.py IterationStats.update_from_output),
     # include it. VllmDialect sets this.
     counts_eos = False
+    # vLLM's KV cache is paged (blocks taken as the answer grows, preemption when they run
+    # out); Ollama's slots hold the whole answer from the start (engine.EngineModel).
+    paged_kv = False
 
     def __init__(self, state: SimState) -> None:
         self.state = state
@@ -212,14 +215,13 @@ async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") ->
     state.requests_served += 1
     state.prompt_tokens_total += chat.prompt.tokens
     state.generation_tokens_total += completion.completion_tokens * chat.n
-    kv_need = chat.prompt.tokens + completion.completion_tokens * chat.n
     if chat.stream:
         return StreamingResponse(
-            stream_chunks(chat, completion, dialect, kv_need, arrived),
+            stream_chunks(chat, completion, dialect, arrived),
             media_type="text/event-stream",
             headers=headers,
         )
-    seq = await state.engine.admit(kv_need, arrived)
+    seq = await admit(dialect, chat, completion, arrived)
     try:
         await _run_to_end(state, seq, max(1, completion.completion_tokens))
     finally:
@@ -228,6 +230,17 @@ async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") ->
     if chat.kind == "text":
         return JSONResponse(dialect.text_response_body(cid, chat, completion), headers=headers)
     return JSONResponse(dialect.response_body(cid, chat, completion), headers=headers)
+
+
+async def admit(
+    dialect: Dialect, chat: ChatRequest, completion: Completion, arrived: float
+) -> Sequence:
+    """A place in the running batch (engine.EngineModel): vLLM's paged KV cache holds the
+    prompt and grows with the answer; Ollama's requests reserve their whole answer."""
+    reserve = 0 if dialect.paged_kv else chat.prompt.tokens + completion.completion_tokens * chat.n
+    return await dialect.state.engine.admit(
+        chat.prompt.tokens, arrived, width=chat.n, reserve=reserve
+    )
 
 
 async def prepare(body: dict[str, Any], dialect: Dialect) -> tuple[ChatRequest, Completion]:
@@ -251,13 +264,13 @@ async def stream_tokens(
     items: list[Any] | None = None,
 ) -> AsyncIterator[Any]:
     """The answer's tokens (or ``items``, e.g. tool-call deltas, one per token), each when it
-    is due (for the routes that wrap chat)."""
-    seq = await state.engine.admit(chat.prompt.tokens + completion.completion_tokens, arrived)
+    is due (for the vLLM routes that wrap chat: a paged KV cache)."""
+    seq = await state.engine.admit(chat.prompt.tokens, arrived)
     try:
-        await sleep_until(seq.first_deadline(), state.stop)
+        await seq.wait_first(state.stop)
         for step, piece in enumerate(completion.deltas if items is None else items):
             if step:
-                await sleep_until(seq.next_deadline(), state.stop)
+                await seq.wait_next(state.stop)
             seq.emitted()
             yield piece
         await _eos_step(state, seq, completion)
@@ -268,7 +281,7 @@ async def stream_tokens(
 async def _eos_step(state: SimState, seq: Sequence, completion: Completion) -> None:
     """The decode step that samples the EOS token (no text): what ends the stream comes then."""
     if completion.eos:
-        await sleep_until(seq.next_deadline(), state.stop)
+        await seq.wait_next(state.stop)
         seq.emitted()
 
 
@@ -280,7 +293,7 @@ async def generate_whole(
     state = dialect.state
     arrived = time.monotonic() if arrived is None else arrived
     chat, completion = await prepare(body, dialect)
-    seq = await state.engine.admit(chat.prompt.tokens + completion.completion_tokens, arrived)
+    seq = await admit(dialect, chat, completion, arrived)
     try:
         await _run_to_end(state, seq, max(1, completion.completion_tokens))
     finally:
@@ -294,11 +307,11 @@ async def _run_to_end(state: SimState, seq: Sequence, tokens: int) -> None:
     if engine.ttft <= 0 and engine.tpot <= 0:
         seq.emitted(tokens)
         return
-    await sleep_until(seq.first_deadline(), state.stop)
+    await seq.wait_first(state.stop)
     seq.emitted()
     for _ in range(tokens - 1):
         # One deadline per token, so a batch that grows meanwhile slows the rest down.
-        await sleep_until(seq.next_deadline(), state.stop)
+        await seq.wait_next(state.stop)
     if tokens > 1:
         seq.emitted(tokens - 1)
 
@@ -588,10 +601,9 @@ def sse(payload: dict | str) -> bytes:
 
 
 async def stream_chunks(
-    chat: ChatRequest, completion: Completion, dialect: Dialect, kv_need: int, arrived: float
+    chat: ChatRequest, completion: Completion, dialect: Dialect, arrived: float
 ) -> AsyncIterator[bytes]:
-    state = dialect.state
-    seq = await state.engine.admit(kv_need, arrived)
+    seq = await admit(dialect, chat, completion, arrived)
     try:
         async for item in _stream(chat, completion, dialect, seq):
             yield item
@@ -605,7 +617,7 @@ async def _stream(
     state = dialect.state
     cid = dialect.completion_id(chat.kind, chat)
     choices = range(chat.n)
-    await sleep_until(seq.first_deadline(), state.stop)
+    await seq.wait_first(state.stop)
     generated = 0
 
     def with_usage(chunk: dict) -> dict:
@@ -639,7 +651,7 @@ async def _stream(
         pieces = [*completion.deltas, ""] if completion.eos else completion.deltas
         for step, piece in enumerate(pieces):
             if step:
-                await sleep_until(seq.next_deadline(), state.stop)
+                await seq.wait_next(state.stop)
             last = step == len(pieces) - 1
             generated += chat.n if piece else 0
             if last:
@@ -673,7 +685,7 @@ async def _stream(
         if completion.tool_calls:
             for step, delta in enumerate(dialect.tool_call_deltas(completion.tool_calls)):
                 if step:
-                    await sleep_until(seq.next_deadline(), state.stop)
+                    await seq.wait_next(state.stop)
                 generated = completion.completion_tokens * chat.n
                 seq.emitted()
                 for index in choices:
@@ -682,7 +694,7 @@ async def _stream(
         else:
             for step, piece in enumerate(completion.deltas):
                 if step:
-                    await sleep_until(seq.next_deadline(), state.stop)
+                    await seq.wait_next(state.stop)
                 generated += chat.n if piece else 0
                 seq.emitted()
                 if plain and (step or first is not None):

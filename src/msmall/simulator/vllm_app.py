@@ -523,6 +523,7 @@ def missing_error(loc: tuple[Any, ...], parent: Any) -> dict[str, Any]:
 class VllmDialect(Dialect):
     tool_id_style = "mistral"
     counts_eos = True
+    paged_kv = True
 
     def error(self, exc: ChatError) -> Response:
         return vllm_error(exc.message, exc.status, exc.kind, exc.param)
