@@ -128,15 +128,22 @@ class Sequence:
     async def wait_first(self, stop: asyncio.Event | None = None) -> None:
         """Sleep until the first token is due (later if preempted meanwhile)."""
         await sleep_until(self.first_deadline(), stop)
-        await self._resume(stop)
+        if self.preempted:
+            await self._resume(stop)
 
     async def wait_next(self, stop: asyncio.Event | None = None) -> None:
         """Schedule the next token (its KV slot may preempt someone, or this request) and
         sleep until it is due."""
         self.step += 1
-        if self.engine.grow(self):
+        engine = self.engine
+        # The hot path of a load test: a new block only at a block boundary.
+        if not self.preempted and (
+            self.prompt_tokens + self.width * (self.step - 1) <= self.blocks * engine.block_size
+            or engine.grow(self)
+        ):
             await sleep_until(self.next_deadline(), stop)
-        await self._resume(stop)
+        if self.preempted:
+            await self._resume(stop)
 
     async def _resume(self, stop: asyncio.Event | None) -> None:
         # Preempted: wait to be admitted again, then recompute (a prefill) before the token.

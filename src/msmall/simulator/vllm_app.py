@@ -431,8 +431,7 @@ def _message_errors(value: Any, loc: Loc) -> list[dict]:
     return errors
 
 
-def _messages_check(value: Any, loc: Loc) -> list[dict]:
-    return _list_of(_message_errors)(value, loc)
+_messages_check = _list_of(_message_errors)
 
 
 # chat_completion/protocol.py ChatCompletionRequest and completion/protocol.py
@@ -485,24 +484,38 @@ _COMPLETION_SPEC = [
 ]
 
 
+# name -> (position, checker, required), for a walk over the keys a body has (a handful) that
+# still reports in declaration order.
+_SPECS = {
+    kind: {name: (pos, check, required) for pos, (name, check, required) in enumerate(spec)}
+    for kind, spec in (("chat", _CHAT_SPEC), ("text", _COMPLETION_SPEC))
+}
+
+
 def type_errors(body: dict[str, Any], kind: str = "chat") -> list[dict[str, Any]]:
-    errors: list[dict[str, Any]] = []
-    for name, check, required in _CHAT_SPEC if kind == "chat" else _COMPLETION_SPEC:
-        if name not in body:
-            if required is True:
-                errors.append(missing_error((name,), body))
+    spec = _SPECS[kind]
+    found: list[tuple[int, list[dict[str, Any]]]] = []
+    for name, value in body.items():
+        entry = spec.get(name)
+        if entry is None:
             continue
-        value = body[name]
+        pos, check, required = entry
         if value is None:
-            if required:
-                errors += (
-                    check(value, (name,))
-                    if required == "nonnull"
-                    else [_error("list_type", (name,), "Input should be a valid list", value)]
-                )
-            continue
-        errors += check(value, (name,))
-    return errors
+            if not required:
+                continue
+            errors = (
+                check(value, (name,))
+                if required == "nonnull"
+                else [_error("list_type", (name,), "Input should be a valid list", value)]
+            )
+        else:
+            errors = check(value, (name,))
+        if errors:
+            found.append((pos, errors))
+    if kind == "chat" and "messages" not in body:
+        found.append((0, [missing_error(("messages",), body)]))
+    found.sort(key=lambda item: item[0])
+    return [error for _, errors in found for error in errors]
 
 
 def _type_error(kind: str, name: str, msg: str, value: Any) -> dict[str, Any]:
