@@ -808,3 +808,37 @@ def test_kv_blocks_run_out_and_the_last_admitted_is_preempted() -> None:
     durations = sorted(d for d, _ in results)
     # The victim waited for blocks, then paid a prefill (ttft) again.
     assert durations[-1] > durations[0] + 0.05, durations
+
+
+def test_messages_nested_type_errors_like_pydantic(vllm: httpx.Client) -> None:
+    # Expected texts: pydantic 2 validating anthropic/protocol.py AnthropicMessagesRequest
+    # (AnthropicMessage, AnthropicTool, AnthropicToolChoice), rendered by vLLM's handler.
+    body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "tool", "content": "hi"}]}
+    reply = vllm.post("/v1/messages", json=body)
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {
+        "message": "1 validation error:\n  {'type': 'literal_error', 'loc': 'body.messages.0.role', "
+        "'msg': \"Input should be 'user', 'assistant' or 'system'\", 'input': 'tool', 'ctx': "
+        "{'expected': \"'user', 'assistant' or 'system'\"}}",
+        "type": "Bad Request",
+        "param": "body.messages.0.role",
+        "code": 400,
+    }
+    body = {"model": MODEL, "max_tokens": "x", "messages": [{"role": "user", "content": 3}],
+            "tools": [{"name": "a"}], "tool_choice": {"type": "some"}}  # fmt: skip
+    error = vllm.post("/v1/messages", json=body).json()["error"]
+    assert error["param"] == "body.messages.0.content"
+    assert error["message"] == (
+        "5 validation errors:\n"
+        "  {'type': 'string_type', 'loc': 'body.messages.0.content', 'msg': 'Input should be a "
+        "valid string', 'input': '3'}\n"
+        "  {'type': 'list_type', 'loc': 'body.messages.0.content', 'msg': 'Input should be a "
+        "valid list', 'input': '3'}\n"
+        "  {'type': 'int_parsing', 'loc': 'body.max_tokens', 'msg': 'Input should be a valid "
+        "integer, unable to parse string as an integer', 'input': 'x'}\n"
+        "  {'type': 'literal_error', 'loc': 'body.tool_choice.type', 'msg': \"Input should be "
+        "'auto', 'any', 'tool' or 'none'\", 'input': 'some', 'ctx': {'expected': \"'auto', "
+        "'any', 'tool' or 'none'\"}}\n"
+        "  {'type': 'missing', 'loc': 'body.tools.0.input_schema', 'msg': 'Field required', "
+        "'input': '<dict of 1 items>'}"
+    )

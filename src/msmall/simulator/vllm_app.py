@@ -484,11 +484,83 @@ _COMPLETION_SPEC = [
 ]
 
 
+# anthropic/protocol.py AnthropicMessagesRequest and the models it nests.
+_BLOCK_TYPES = ("text", "image", "tool_use", "tool_result", "tool_reference", "thinking",
+                "redacted_thinking", "tool_addition", "tool_removal")  # fmt: skip
+
+
+def _anthropic_block_errors(value: Any, loc: Loc) -> list[dict]:
+    if not isinstance(value, dict):
+        return [_model_type(value, loc, "AnthropicContentBlock")]
+    kind = lambda v, at: _literal(v, at, _BLOCK_TYPES)  # noqa: E731
+    return _fields(value, loc, [("type", kind, True), ("text", _str_errors, False),
+                                ("source", _dict_errors, False), ("id", _str_errors, False),
+                                ("tool_use_id", _str_errors, False),
+                                ("name", _str_errors, False), ("input", _dict_errors, False)])  # fmt: skip
+
+
+def _anthropic_content_errors(value: Any, loc: Loc) -> list[dict]:
+    # str | list[AnthropicContentBlock]: a union, so both branches report (loc markers "str"
+    # and "list[...]" are cleaned away).
+    if isinstance(value, str):
+        return []
+    if not isinstance(value, list):
+        return [
+            *_str_errors(value, loc),
+            _error("list_type", loc, "Input should be a valid list", value),
+        ]
+    blocks = _list_of(_anthropic_block_errors)(value, loc)
+    return [*_str_errors(value, loc), *blocks] if blocks else []
+
+
+def _anthropic_message_errors(value: Any, loc: Loc) -> list[dict]:
+    if not isinstance(value, dict):
+        return [_model_type(value, loc, "AnthropicMessage")]
+    role = lambda v, at: _literal(v, at, ("user", "assistant", "system"))  # noqa: E731
+    return _fields(value, loc, [("role", role, True), ("content", _anthropic_content_errors, True)])
+
+
+def _anthropic_tool_errors(value: Any, loc: Loc) -> list[dict]:
+    if not isinstance(value, dict):
+        return [_model_type(value, loc, "AnthropicTool")]
+    return _fields(value, loc, [("name", _str_errors, True), ("description", _str_errors, False),
+                                ("input_schema", _dict_errors, True)])  # fmt: skip
+
+
+def _anthropic_choice_errors(value: Any, loc: Loc) -> list[dict]:
+    if not isinstance(value, dict):
+        return [_model_type(value, loc, "AnthropicToolChoice")]
+    kind = lambda v, at: _literal(v, at, ("auto", "any", "tool", "none"))  # noqa: E731
+    return _fields(value, loc, [("type", kind, True), ("name", _str_errors, False)])
+
+
+_ANTHROPIC_SPEC = [
+    ("model", _str_errors, True),
+    ("messages", _list_of(_anthropic_message_errors), True),
+    ("max_tokens", _int_errors, True),
+    ("metadata", _dict_errors, False),
+    ("stop_sequences", _list_of(_str_errors), False),
+    ("stream", _bool_errors, False),
+    ("temperature", _float_errors, False),
+    ("tool_choice", _anthropic_choice_errors, False),
+    ("tools", _list_of(_anthropic_tool_errors), False),
+    ("top_k", _int_errors, False),
+    ("top_p", _float_errors, False),
+]
+
 # name -> (position, checker, required), for a walk over the keys a body has (a handful) that
 # still reports in declaration order.
 _SPECS = {
     kind: {name: (pos, check, required) for pos, (name, check, required) in enumerate(spec)}
-    for kind, spec in (("chat", _CHAT_SPEC), ("text", _COMPLETION_SPEC))
+    for kind, spec in (
+        ("chat", _CHAT_SPEC),
+        ("text", _COMPLETION_SPEC),
+        ("anthropic", _ANTHROPIC_SPEC),
+    )
+}
+_REQUIRED = {
+    kind: [(pos, name) for name, (pos, _, required) in spec.items() if required is True]
+    for kind, spec in _SPECS.items()
 }
 
 
@@ -512,8 +584,9 @@ def type_errors(body: dict[str, Any], kind: str = "chat") -> list[dict[str, Any]
             errors = check(value, (name,))
         if errors:
             found.append((pos, errors))
-    if kind == "chat" and "messages" not in body:
-        found.append((0, [missing_error(("messages",), body)]))
+    for pos, name in _REQUIRED[kind]:
+        if name not in body:
+            found.append((pos, [missing_error((name,), body)]))
     found.sort(key=lambda item: item[0])
     return [error for _, errors in found for error in errors]
 

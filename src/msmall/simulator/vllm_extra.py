@@ -28,7 +28,6 @@ from msmall.simulator.chat import (
     ChatRequest,
     Completion,
     generate_whole,
-    is_integral,
     prepare,
     stream_tokens,
 )
@@ -38,6 +37,7 @@ from msmall.simulator.vllm_app import (
     _type_error,
     missing_error,
     model_validator_failure,
+    type_errors,
     validation_failure,
 )
 
@@ -636,19 +636,20 @@ def _call_done(
 
 
 def check_anthropic_body(body: dict[str, Any]) -> None:
-    """anthropic/protocol.py AnthropicMessagesRequest's required fields and its max_tokens
-    field_validator: pydantic errors, so vLLM's validation handler (not the Anthropic error
-    shape) answers them."""
-    errors = [missing_error((name,), body) for name in ("model", "messages", "max_tokens")
-              if name not in body]  # fmt: skip
+    """anthropic/protocol.py AnthropicMessagesRequest's field types (the same checks as the
+    chat request's) and its max_tokens field_validator: pydantic errors, so vLLM's validation
+    handler (not the Anthropic error shape) answers them."""
+    errors = type_errors(body, "anthropic")
     if errors:
         raise validation_failure(errors, errors[0]["loc"])
-    value = body["max_tokens"]
-    if is_integral(value) and value <= 0:
+    value = int(float(body["max_tokens"]))  # lax mode: "5" and 5.0 are 5
+    if value <= 0:
         error = {"type": "value_error", "loc": "body.max_tokens",
-                 "msg": "Value error, max_tokens must be positive", "input": str(value),
+                 "msg": "Value error, max_tokens must be positive",
+                 "input": str(body["max_tokens"]),
                  "ctx": {"error": ValueError("max_tokens must be positive")}}  # fmt: skip
         raise validation_failure([error], "body.max_tokens")
+    body["max_tokens"] = value
 
 
 def anthropic_error(exc: ChatError) -> Response:
