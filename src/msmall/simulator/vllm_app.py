@@ -252,11 +252,12 @@ def _int_errors(value: Any, loc: Loc) -> list[dict]:
 def _bool_errors(value: Any, loc: Loc) -> list[dict]:
     if isinstance(value, bool):
         return []
-    if (value in (0, 1) and not isinstance(value, float)) or (
+    # Lax mode takes 0/1 (also 0.0/1.0) and the usual words.
+    if (isinstance(value, (int, float)) and value in (0, 1)) or (
         isinstance(value, str) and value.lower() in _BOOL_WORDS
     ):
         return []
-    if isinstance(value, (str, int)):
+    if isinstance(value, (str, int, float)):
         msg = "Input should be a valid boolean, unable to interpret input"
         return [_error("bool_parsing", loc, msg, value)]
     return [_error("bool_type", loc, "Input should be a valid boolean", value)]
