@@ -181,9 +181,10 @@ def test_openai_async_parse_and_stream(vllm_base: str) -> None:
 
     person, streamed, chunks = asyncio.run(run())
     assert isinstance(person, Person) and streamed == "one two three"
-    # continuous_usage_stats: every chunk carries the usage so far; the last one the total.
+    # continuous_usage_stats: every chunk carries the usage so far; the last one the total,
+    # the EOS token included (vLLM v1 counts it: three words and the EOS).
     assert all(c.usage is not None for c in chunks)
-    assert chunks[-1].usage.completion_tokens == 3 and chunks[-1].system_fingerprint
+    assert chunks[-1].usage.completion_tokens == 4 and chunks[-1].system_fingerprint
 
 
 def test_openai_tools_auto_named_required_none(oai) -> None:
@@ -283,7 +284,7 @@ def test_openai_n_logprobs_stop_and_lengths(oai) -> None:
     at_least = oai.chat.completions.create(
         model=MODEL, messages=ask("Say 'x'"), extra_body={"min_tokens": 9}
     )
-    assert at_least.usage.completion_tokens == 9
+    assert at_least.usage.completion_tokens == 10  # nine, then the EOS (counted by vLLM)
     short = oai.chat.completions.create(
         model=MODEL, messages=ask("Tell me a long story"), max_completion_tokens=3
     )
@@ -305,7 +306,7 @@ def test_openai_legacy_completions(oai) -> None:
 def test_openai_responses_api(oai) -> None:
     reply = oai.responses.create(model=MODEL, input="Reply with 'responses'")
     assert reply.output_text == "responses" and reply.status == "completed"
-    assert reply.usage.output_tokens == 1
+    assert reply.usage.output_tokens == 2  # the word and the EOS token
     text, final = "", None
     for event in oai.responses.create(model=MODEL, input="Say 'a b c'", stream=True):
         if event.type == "response.output_text.delta":
@@ -313,6 +314,148 @@ def test_openai_responses_api(oai) -> None:
         if event.type == "response.completed":
             final = event.response
     assert text == "a b c" and final is not None and final.output_text == "a b c"
+
+
+def _responses_tool(tool: dict) -> dict:
+    # The Responses API's flat function tool (responses/utils.py
+    # convert_tool_responses_to_completions_format reads it back into a chat tool).
+    return {"type": "function", **tool["function"]}
+
+
+def test_openai_responses_tools_round_trip_stream_and_image(oai) -> None:
+    tools = [_responses_tool(WEATHER), _responses_tool(TIME_TOOL)]
+    question = "What is the weather in Rome?"
+    reply = oai.responses.create(model=MODEL, input=question, tools=tools)
+    calls = [item for item in reply.output if item.type == "function_call"]
+    assert len(calls) == 1 and len(reply.output) == 1 and reply.status == "completed"
+    call = calls[0]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {
+        "city": "Rome",
+        "unit": "celsius",
+    }
+    assert len(call.call_id) == 9 and call.call_id.isalnum()  # parser/mistral.py MistralToolCall
+    # The call and its output go back as input items (utils.py
+    # construct_chat_messages_with_tool_call): the model answers from the tool's output.
+    follow = oai.responses.create(
+        model=MODEL,
+        tools=tools,
+        input=[
+            {"role": "user", "content": question},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name,
+             "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "22 C, sunny"},
+        ],
+    )  # fmt: skip
+    assert "22 C, sunny" in follow.output_text
+    assert all(item.type == "message" for item in follow.output)
+    forced = oai.responses.create(
+        model=MODEL, input="hi", tools=tools, tool_choice={"type": "function", "name": "get_time"}
+    )
+    assert [item.name for item in forced.output] == ["get_time"]
+    args, done, final = "", None, None
+    for event in oai.responses.create(model=MODEL, input=question, tools=tools, stream=True):
+        if event.type == "response.function_call_arguments.delta":
+            args += event.delta
+        elif event.type == "response.output_item.done":
+            done = event.item
+        elif event.type == "response.completed":
+            final = event.response
+    assert json.loads(args) == {"city": "Rome", "unit": "celsius"}
+    assert done is not None and done.type == "function_call" and done.arguments == args
+    assert final is not None and final.output[0].call_id == done.call_id
+    image = oai.responses.create(
+        model=MODEL,
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What colour is this?"},
+                    {"type": "input_image", "image_url": png_data_url(RED_PNG)},
+                ],
+            }
+        ],
+    )
+    assert "red" in image.output_text
+
+
+# anthropic -------------------------------------------------------------------------------------
+
+
+def _anthropic_tool(tool: dict) -> dict:
+    function = tool["function"]
+    return {
+        "name": function["name"],
+        "description": function["description"],
+        "input_schema": function["parameters"],
+    }
+
+
+def test_anthropic_messages_tools_round_trip_stream_image_errors(vllm_base: str) -> None:
+    import base64
+
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=vllm_base, api_key="none", max_retries=0)
+    tools = [_anthropic_tool(WEATHER), _anthropic_tool(TIME_TOOL)]
+    question = {"role": "user", "content": "What is the weather in Rome?"}
+    message = client.messages.create(model=MODEL, max_tokens=100, tools=tools, messages=[question])
+    assert message.stop_reason == "tool_use" and message.role == "assistant"
+    [use] = message.content
+    assert use.type == "tool_use" and use.name == "get_weather"
+    assert use.input == {"city": "Rome", "unit": "celsius"}
+    follow = client.messages.create(
+        model=MODEL,
+        max_tokens=100,
+        tools=tools,
+        messages=[
+            question,
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": use.id, "content": "22 C, sunny"}]},
+        ],
+    )  # fmt: skip
+    assert follow.stop_reason == "end_turn" and "22 C, sunny" in follow.content[0].text
+    forced = client.messages.create(
+        model=MODEL,
+        max_tokens=100,
+        tools=tools,
+        tool_choice={"type": "tool", "name": "get_time"},
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    assert forced.stop_reason == "tool_use" and forced.content[0].name == "get_time"
+    # The SDK assembles the streamed input_json_delta pieces into the block's input.
+    with client.messages.stream(
+        model=MODEL, max_tokens=100, tools=tools, messages=[question]
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert final.content[0].input == {"city": "Rome", "unit": "celsius"}
+    with client.messages.stream(
+        model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "Say 'a b c'"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        done = stream.get_final_message()
+    assert text == "a b c" and done.stop_reason == "end_turn"
+    image = client.messages.create(
+        model=MODEL,
+        max_tokens=50,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                 "data": base64.b64encode(RED_PNG).decode()}},
+                    {"type": "text", "text": "What colour is this?"},
+                ],
+            }
+        ],
+    )  # fmt: skip
+    assert "red" in image.content[0].text
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.create(model="nope", max_tokens=5, messages=[question])
+    assert missing.value.body["error"]["type"] == "not_found_error"
+    client.close()
 
 
 # ollama-python ---------------------------------------------------------------------------------

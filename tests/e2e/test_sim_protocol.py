@@ -97,16 +97,142 @@ def test_wrong_json_types_get_pydantic_errors(vllm: httpx.Client) -> None:
     reply = vllm.post("/v1/chat/completions", json=chat(temperature="hot", n=1.5))
     assert reply.status_code == 400
     error = reply.json()["error"]
-    assert error["type"] == "Bad Request" and error["param"] == "body.temperature"
+    # Pydantic reports errors in the model's field order: n is declared before temperature.
+    assert error["type"] == "Bad Request" and error["param"] == "body.n"
     assert error["message"] == (
         "2 validation errors:\n"
-        "  {'type': 'float_parsing', 'loc': 'body.temperature', 'msg': 'Input should be a valid "
-        "number, unable to parse string as a number', 'input': 'hot'}\n"
         "  {'type': 'int_from_float', 'loc': 'body.n', 'msg': 'Input should be a valid integer, "
-        "got a number with a fractional part', 'input': '1.5'}"
+        "got a number with a fractional part', 'input': '1.5'}\n"
+        "  {'type': 'float_parsing', 'loc': 'body.temperature', 'msg': 'Input should be a valid "
+        "number, unable to parse string as a number', 'input': 'hot'}"
     )
     # Lax mode: numeric strings are numbers.
     assert vllm.post("/v1/chat/completions", json=chat(temperature="0.5")).status_code == 200
+
+
+# Expected texts: pydantic 2 validating vLLM 0.33's own request models (chat_completion/
+# protocol.py ChatCompletionRequest, generate/base/protocol.py FunctionDefinition, ResponseFormat
+# and its union, renderers/chat_utils/types.py ChatCompletionMessageParam over openai's message
+# TypedDicts and openai_harmony's Message), rendered as serve/exception_handling/handlers/
+# validation.py validation_exception_handler does: at most 10 errors, "...and N more errors".
+@pytest.mark.parametrize(
+    ("extra", "param", "message"),
+    [
+        pytest.param(
+            {"messages": ["hi"]},
+            "body.messages.0.ChatCompletionDeveloperMessageParam",
+            (
+                "8 validation errors:\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionDeveloperMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionSystemMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionUserMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionAssistantMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionToolMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.ChatCompletionFunctionMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.messages.0.CustomChatCompletionMessageParam', 'msg': 'Input should be a valid dictionary', 'input': 'hi'}\n"
+                "  {'type': 'model_type', 'loc': 'body.messages.0.Message', 'msg': 'Input should be a valid dictionary or instance of Message', 'input': 'hi', 'ctx': {'class_name': 'Message'}}"
+            ),
+            id="messages_item_not_an_object",
+        ),
+        pytest.param(
+            {"messages": [{"content": "hi"}]},
+            "body.messages.0.ChatCompletionDeveloperMessageParam.role",
+            (
+                "11 validation errors:\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionDeveloperMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionSystemMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionUserMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionAssistantMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionToolMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionToolMessageParam.tool_call_id', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionFunctionMessageParam.name', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.ChatCompletionFunctionMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.CustomChatCompletionMessageParam.role', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.messages.0.Message.author', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  ...and 1 more errors"
+            ),
+            id="message_without_role",
+        ),
+        pytest.param(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"description": "x"}}],
+            },
+            "body.tools.0.function.name",
+            (
+                "1 validation error:\n"
+                "  {'type': 'missing', 'loc': 'body.tools.0.function.name', 'msg': 'Field required', 'input': '<dict of 1 items>'}"
+            ),
+            id="tool_function_name_missing",
+        ),
+        pytest.param(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "fn", "function": {"name": 3, "parameters": "p"}}],
+            },
+            "body.tools.0.type",
+            (
+                "3 validation errors:\n"
+                "  {'type': 'literal_error', 'loc': 'body.tools.0.type', 'msg': \"Input should be 'function'\", 'input': 'fn', 'ctx': {'expected': \"'function'\"}}\n"
+                "  {'type': 'string_type', 'loc': 'body.tools.0.function.name', 'msg': 'Input should be a valid string', 'input': '3'}\n"
+                "  {'type': 'dict_type', 'loc': 'body.tools.0.function.parameters', 'msg': 'Input should be a valid dictionary', 'input': 'p'}"
+            ),
+            id="tool_fields_wrong_types",
+        ),
+        pytest.param(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "response_format": {"type": "json_schema", "json_schema": {"schema": {}}},
+            },
+            "body.response_format.json_schema.name",
+            (
+                "6 validation errors:\n"
+                "  {'type': 'missing', 'loc': 'body.response_format.json_schema.name', 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+                "  {'type': 'literal_error', 'loc': 'body.response_format.type', 'msg': \"Input should be 'structural_tag'\", 'input': 'json_schema', 'ctx': {'expected': \"'structural_tag'\"}}\n"
+                "  {'type': 'missing', 'loc': 'body.response_format.format', 'msg': 'Field required', 'input': '<dict of 2 items>'}\n"
+                "  {'type': 'literal_error', 'loc': 'body.response_format.type', 'msg': \"Input should be 'structural_tag'\", 'input': 'json_schema', 'ctx': {'expected': \"'structural_tag'\"}}\n"
+                "  {'type': 'missing', 'loc': 'body.response_format.structures', 'msg': 'Field required', 'input': '<dict of 2 items>'}\n"
+                "  {'type': 'missing', 'loc': 'body.response_format.triggers', 'msg': 'Field required', 'input': '<dict of 2 items>'}"
+            ),
+            id="json_schema_name_missing",
+        ),
+        pytest.param(
+            {"messages": [{"role": "user", "content": "hi"}], "response_format": "json"},
+            "body.response_format",
+            (
+                "3 validation errors:\n"
+                "  {'type': 'model_type', 'loc': 'body.response_format', 'msg': 'Input should be a valid dictionary or instance of ResponseFormat', 'input': 'json', 'ctx': {'class_name': 'ResponseFormat'}}\n"
+                "  {'type': 'model_type', 'loc': 'body.response_format', 'msg': 'Input should be a valid dictionary or instance of StructuralTagResponseFormat', 'input': 'json', 'ctx': {'class_name': 'StructuralTagResponseFormat'}}\n"
+                "  {'type': 'model_type', 'loc': 'body.response_format', 'msg': 'Input should be a valid dictionary or instance of LegacyStructuralTagResponseFormat', 'input': 'json', 'ctx': {'class_name': 'LegacyStructuralTagResponseFormat'}}"
+            ),
+            id="response_format_not_an_object",
+        ),
+        pytest.param(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+                "stream_options": {"include_usage": "maybe"},
+            },
+            "body.stream_options.include_usage",
+            (
+                "1 validation error:\n"
+                "  {'type': 'bool_parsing', 'loc': 'body.stream_options.include_usage', 'msg': 'Input should be a valid boolean, unable to interpret input', 'input': 'maybe'}"
+            ),
+            id="stream_options_field",
+        ),
+    ],
+)
+def test_nested_type_errors_like_pydantic(
+    vllm: httpx.Client, extra: dict, param: str, message: str
+) -> None:
+    reply = vllm.post("/v1/chat/completions", json={"model": MODEL, **extra})
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {
+        "message": message,
+        "type": "Bad Request",
+        "param": param,
+        "code": 400,
+    }
 
 
 @pytest.mark.parametrize(
@@ -423,3 +549,296 @@ def test_messages_stream_events(vllm: httpx.Client) -> None:
         "message_delta",
         "message_stop",
     ]
+
+
+# /v1/responses and /v1/messages with tools -----------------------------------------------------
+
+RESPONSES_TOOL = {"type": "function", **TOOL["function"]}
+ANTHROPIC_TOOL = {"name": "get_weather", "input_schema": TOOL["function"]["parameters"]}
+WEATHER_ASK = "What is the weather in Paris?"
+
+
+def sse_events(reply: httpx.Response) -> list[tuple[str, dict]]:
+    out, name = [], None
+    for line in reply.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            out.append((name, json.loads(line[6:])))
+    return out
+
+
+def test_responses_function_call_items(vllm: httpx.Client) -> None:
+    body = {"model": MODEL, "input": WEATHER_ASK, "tools": [RESPONSES_TOOL]}
+    reply = vllm.post("/v1/responses", json=body).json()
+    # responses/utils.py build_response_output_items: a ResponseFunctionToolCall per call, its
+    # call_id the parser's id, no message item when the parser left no content.
+    [item] = reply["output"]
+    assert set(item) == {"arguments", "call_id", "name", "type", "id", "namespace", "status"}
+    assert item["type"] == "function_call" and item["status"] == "completed"
+    assert item["id"].startswith("fc_") and len(item["call_id"]) == 9
+    assert json.loads(item["arguments"]) == {"city": "Paris"}
+    assert reply["tool_choice"] == "auto" and reply["tools"] == [RESPONSES_TOOL]
+    assert reply["status"] == "completed"
+    # protocol.py ResponsesRequest.check_tool_usage: without tools "auto" becomes "none";
+    # from_request: max_output_tokens is the sampling params' (clamped) max_tokens.
+    plain = vllm.post("/v1/responses", json={"model": MODEL, "input": "hi"}).json()
+    assert plain["tool_choice"] == "none"
+    assert plain["max_output_tokens"] == 1000 - plain["usage"]["input_tokens"]
+
+
+def test_responses_function_call_stream_order(vllm: httpx.Client) -> None:
+    body = {"model": MODEL, "input": WEATHER_ASK, "tools": [RESPONSES_TOOL], "stream": True}
+    with vllm.stream("POST", "/v1/responses", json=body) as reply:
+        events = sse_events(reply)
+    kinds = [data["type"] for _, data in events]
+    # streaming_events.py SimpleStreamingEventProcessor: emit_simple_tool_call_open, one
+    # function_call_arguments.delta per argument piece, emit_simple_tool_call_done.
+    deltas = kinds.count("response.function_call_arguments.delta")
+    assert deltas >= 2
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        *["response.function_call_arguments.delta"] * deltas,
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [name for name, _ in events] == kinds  # api_router.py: "event: TYPE"
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    added, done = events[2][1]["item"], events[-2][1]["item"]
+    assert added["status"] == "in_progress" and added["arguments"] == ""
+    pieces = "".join(d["delta"] for _, d in events if d["type"].endswith("arguments.delta"))
+    assert json.loads(pieces) == {"city": "Paris"}
+    assert events[-3][1]["arguments"] == pieces == done["arguments"]
+    assert events[-3][1]["name"] == "get_weather"
+    assert done["id"] == added["id"] and done["call_id"] == added["call_id"]
+    assert done["status"] == "completed"
+    assert events[-1][1]["response"]["output"] == [done]
+
+
+def test_responses_tool_choice_validation(vllm: httpx.Client) -> None:
+    # protocol.py ResponsesRequest.check_tool_usage (a "before" model validator).
+    body = {"model": MODEL, "input": "hi", "tool_choice": "required"}
+    reply = vllm.post("/v1/responses", json=body)
+    message = "Tool choice 'required' must be specified with 'tools' parameter."
+    assert reply.status_code == 400
+    assert reply.json() == value_error(message, "tool_choice", body)
+    body = {"model": MODEL, "input": "hi", "tools": [RESPONSES_TOOL],
+            "tool_choice": {"type": "function", "name": "nope"}}  # fmt: skip
+    reply = vllm.post("/v1/responses", json=body)
+    message = "Tool choice 'function' not found in 'tools' parameter."
+    assert reply.status_code == 400 and reply.json() == value_error(message, "tool_choice", body)
+
+
+def test_messages_tool_use_blocks(vllm: httpx.Client) -> None:
+    body = {
+        "model": MODEL,
+        "max_tokens": 100,
+        "tools": [ANTHROPIC_TOOL],
+        "messages": [{"role": "user", "content": WEATHER_ASK}],
+    }
+    reply = vllm.post("/v1/messages", json=body).json()
+    # anthropic/serving.py messages_full_converter + api_router.py model_dump(exclude_none):
+    # the chat completion's id, a tool_use block per call, no stop_sequence key when None.
+    assert reply["id"].startswith("chatcmpl-") and "stop_sequence" not in reply
+    [block] = reply["content"]
+    assert set(block) == {"type", "id", "name", "input"}
+    assert block["type"] == "tool_use" and block["input"] == {"city": "Paris"}
+    assert len(block["id"]) == 9 and reply["stop_reason"] == "tool_use"
+    assert set(reply["usage"]) == {"input_tokens", "output_tokens"}
+    # _convert_tool_choice: {"type": "tool"} is a named tool choice, which the chat layer
+    # finishes with "stop"; _to_anthropic_stop_reason still says "tool_use".
+    named = vllm.post(
+        "/v1/messages", json={**body, "tool_choice": {"type": "tool", "name": "get_weather"}}
+    ).json()
+    assert named["stop_reason"] == "tool_use" and named["content"][0]["type"] == "tool_use"
+    none = vllm.post("/v1/messages", json={**body, "tool_choice": {"type": "none"}}).json()
+    assert none["stop_reason"] == "end_turn" and none["content"][0]["type"] == "text"
+
+
+def test_messages_tool_use_stream_events(vllm: httpx.Client) -> None:
+    body = {
+        "model": MODEL,
+        "max_tokens": 100,
+        "stream": True,
+        "tools": [ANTHROPIC_TOOL],
+        "messages": [{"role": "user", "content": WEATHER_ASK}],
+    }
+    with vllm.stream("POST", "/v1/messages", json=body) as reply:
+        events = sse_events(reply)
+    names = [name for name, _ in events]
+    deltas = names.count("content_block_delta")
+    # serving.py message_stream_converter: a tool call with an id and a name starts a
+    # tool_use block (input {}), its argument pieces are input_json_delta events.
+    assert deltas >= 2
+    assert names == [
+        "message_start",
+        "content_block_start",
+        *["content_block_delta"] * deltas,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    start = events[1][1]
+    assert start["index"] == 0 and start["content_block"]["type"] == "tool_use"
+    assert start["content_block"]["input"] == {} and start["content_block"]["name"] == "get_weather"
+    parts = [data["delta"] for name, data in events if name == "content_block_delta"]
+    assert {p["type"] for p in parts} == {"input_json_delta"}
+    assert json.loads("".join(p["partial_json"] for p in parts)) == {"city": "Paris"}
+    assert events[-2][1]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+
+
+def test_messages_errors(vllm: httpx.Client) -> None:
+    question = [{"role": "user", "content": "hi"}]
+    # api_router.py translate_error_response: errors from serving in Anthropic's shape.
+    missing = vllm.post(
+        "/v1/messages", json={"model": "nope", "max_tokens": 5, "messages": question}
+    )
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "The model `nope` does not exist."},
+    }
+    too_long = vllm.post(
+        "/v1/messages", json={"model": MODEL, "max_tokens": 5000, "messages": question}
+    )
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["type"] == "invalid_request_error"
+    # A pydantic error in AnthropicMessagesRequest is a RequestValidationError: vLLM's own
+    # handler answers (serve/exception_handling/handlers/validation.py), not the Anthropic shape.
+    body = {"model": MODEL, "messages": question}
+    reply = vllm.post("/v1/messages", json=body)
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {
+        "message": "1 validation error:\n  {'type': 'missing', 'loc': 'body.max_tokens', "
+        "'msg': 'Field required', 'input': '<dict of 2 items>'}",
+        "type": "Bad Request",
+        "param": "body.max_tokens",
+        "code": 400,
+    }
+    # protocol.py AnthropicMessagesRequest.validate_max_tokens
+    zero = vllm.post("/v1/messages", json={**body, "max_tokens": 0}).json()["error"]
+    assert "Value error, max_tokens must be positive" in zero["message"]
+    assert zero["param"] == "body.max_tokens"
+
+
+# Token counts: vLLM v1 counts the EOS token ---------------------------------------------------
+
+
+def _counter(text: str, name: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith(name + "{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_completion_tokens_include_the_eos_token(vllm: httpx.Client) -> None:
+    """v1/core/sched/scheduler.py _update_request_with_output appends the sampled EOS before
+    sched/utils.py check_stop finishes on it, so the output's token_ids hold it: usage
+    (chat_completion/serving.py, stream_processor.py num_output_tokens), the streamed usage and
+    vllm:generation_tokens_total (v1/metrics/stats.py IterationStats.update_from_output) all
+    count it. A length finish has no EOS; a stop string counts the tokens through the one that
+    completed it (v1/engine/output_processor.py _trim_surplus_tokens)."""
+    ask = [{"role": "user", "content": "Say 'a b c'"}]
+    before = _counter(vllm.get("/metrics").text, "vllm:generation_tokens_total")
+    whole = vllm.post("/v1/chat/completions", json=chat(messages=ask)).json()
+    assert whole["choices"][0]["message"]["content"] == "a b c"
+    assert whole["choices"][0]["finish_reason"] == "stop"
+    assert whole["usage"]["completion_tokens"] == 4  # three words and the EOS
+    body = chat(messages=ask, stream=True,
+                stream_options={"include_usage": True, "continuous_usage_stats": True})  # fmt: skip
+    with vllm.stream("POST", "/v1/chat/completions", json=body) as reply:
+        chunks = [json.loads(x[6:]) for x in reply.iter_lines() if x.startswith("data: {")]
+    finish = next(c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"])
+    last_word = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")][-1]
+    # The EOS is its own decode step: the finish chunk (no text) carries its count.
+    assert last_word["usage"]["completion_tokens"] == 3
+    assert (
+        finish["usage"]["completion_tokens"] == 4 and chunks[-1]["usage"]["completion_tokens"] == 4
+    )
+    short = vllm.post("/v1/chat/completions", json=chat(messages=ask, max_tokens=2)).json()
+    assert short["choices"][0]["finish_reason"] == "length"
+    assert short["usage"]["completion_tokens"] == 2
+    stopped = vllm.post("/v1/chat/completions", json=chat(messages=ask, stop=[" b"])).json()
+    assert stopped["choices"][0]["message"]["content"] == "a"
+    assert stopped["choices"][0]["stop_reason"] == " b"
+    assert stopped["usage"]["completion_tokens"] == 2  # "a" and " b", no EOS
+    text = {"model": MODEL, "prompt": "Say 'a b c'", "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    with vllm.stream("POST", "/v1/completions", json=text) as reply:
+        pieces = [json.loads(x[6:]) for x in reply.iter_lines() if x.startswith("data: {")]
+    # completion/serving.py: the EOS output is a chunk like any other, with text "".
+    ends = [p["choices"][0] for p in pieces if p["choices"]][-2:]
+    assert [(c["text"], c["finish_reason"]) for c in ends] == [(" c", None), ("", "stop")]
+    assert pieces[-1]["usage"]["completion_tokens"] == 4
+    after = _counter(vllm.get("/metrics").text, "vllm:generation_tokens_total")
+    assert after - before == 4 + 4 + 2 + 2 + 4
+
+
+def test_kv_blocks_run_out_and_the_last_admitted_is_preempted() -> None:
+    """v1/core/sched/scheduler.py schedule(): when a running request needs a KV block and none
+    is free, the last-admitted one is preempted and recomputed later: a longer answer for
+    it, and vllm:num_preemptions_total (v1/metrics/loggers.py) counts it."""
+    import asyncio
+    import time
+
+    # 9 blocks of 16 tokens, 8 usable; each answer below needs 4 blocks by its end.
+    config = SimulatorConfig(port=0, quiet=True, kv_cache_tokens=9 * 16, max_model_len=144,
+                             ttft=0.05, tpot=0.004)  # fmt: skip
+    body = {"model": MODEL, "prompt": "go", "max_tokens": 60, "ignore_eos": True, "stream": True}
+
+    async def one(client: httpx.AsyncClient) -> tuple[float, int]:
+        started, texts = time.monotonic(), 0
+        async with client.stream("POST", "/v1/completions", json=body) as reply:
+            async for line in reply.aiter_lines():
+                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["text"]:
+                    texts += 1
+        return time.monotonic() - started, texts
+
+    async def run(base: str) -> list[tuple[float, int]]:
+        async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=30) as client:
+            return await asyncio.gather(*(one(client) for _ in range(3)))
+
+    with SimulatorThread(config) as sim:
+        results = asyncio.run(run(sim.base_url))
+        metrics = httpx.get(sim.base_url + "/metrics", trust_env=False).text
+    assert [texts for _, texts in results] == [60, 60, 60]  # recomputed, nothing lost
+    assert _counter(metrics, "vllm:num_preemptions_total") >= 1
+    assert _counter(metrics, "vllm:kv_cache_usage_perc") == 0.0  # all blocks back
+    durations = sorted(d for d, _ in results)
+    # The victim waited for blocks, then paid a prefill (ttft) again.
+    assert durations[-1] > durations[0] + 0.05, durations
+
+
+def test_messages_nested_type_errors_like_pydantic(vllm: httpx.Client) -> None:
+    # Expected texts: pydantic 2 validating anthropic/protocol.py AnthropicMessagesRequest
+    # (AnthropicMessage, AnthropicTool, AnthropicToolChoice), rendered by vLLM's handler.
+    body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "tool", "content": "hi"}]}
+    reply = vllm.post("/v1/messages", json=body)
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {
+        "message": "1 validation error:\n  {'type': 'literal_error', 'loc': 'body.messages.0.role', "
+        "'msg': \"Input should be 'user', 'assistant' or 'system'\", 'input': 'tool', 'ctx': "
+        "{'expected': \"'user', 'assistant' or 'system'\"}}",
+        "type": "Bad Request",
+        "param": "body.messages.0.role",
+        "code": 400,
+    }
+    body = {"model": MODEL, "max_tokens": "x", "messages": [{"role": "user", "content": 3}],
+            "tools": [{"name": "a"}], "tool_choice": {"type": "some"}}  # fmt: skip
+    error = vllm.post("/v1/messages", json=body).json()["error"]
+    assert error["param"] == "body.messages.0.content"
+    assert error["message"] == (
+        "5 validation errors:\n"
+        "  {'type': 'string_type', 'loc': 'body.messages.0.content', 'msg': 'Input should be a "
+        "valid string', 'input': '3'}\n"
+        "  {'type': 'list_type', 'loc': 'body.messages.0.content', 'msg': 'Input should be a "
+        "valid list', 'input': '3'}\n"
+        "  {'type': 'int_parsing', 'loc': 'body.max_tokens', 'msg': 'Input should be a valid "
+        "integer, unable to parse string as an integer', 'input': 'x'}\n"
+        "  {'type': 'literal_error', 'loc': 'body.tool_choice.type', 'msg': \"Input should be "
+        "'auto', 'any', 'tool' or 'none'\", 'input': 'some', 'ctx': {'expected': \"'auto', "
+        "'any', 'tool' or 'none'\"}}\n"
+        "  {'type': 'missing', 'loc': 'body.tools.0.input_schema', 'msg': 'Field required', "
+        "'input': '<dict of 1 items>'}"
+    )

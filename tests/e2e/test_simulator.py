@@ -332,7 +332,8 @@ def test_vllm_stream_is_sse_with_usage(vllm_port: int) -> None:
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == "streamed words here"
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+    # Three words and the EOS token, which vLLM v1 counts.
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
 
 
 def test_vllm_tool_calls(vllm_port: int) -> None:
@@ -370,7 +371,8 @@ def test_openai_client_against_vllm(vllm_port: int) -> None:
     )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    # Three words and the EOS token, which vLLM v1 counts.
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
 
     tools = api.chat.completions.create(
         model=MODEL,

@@ -52,44 +52,112 @@ def test_tpot_grows_above_the_knee() -> None:
     assert asyncio.run(run(96)) == pytest.approx(0.015)
 
 
-def test_admission_is_fifo_and_bounded_by_seqs_and_kv() -> None:
-    engine = EngineModel(max_num_seqs=2, kv_tokens=100, ttft=0, tpot=0)
+def test_admission_is_fifo_and_bounded_by_seqs_and_kv_blocks() -> None:
+    # 7 blocks of 16 tokens, one the null block: 6 usable (v1/core/block_pool.py get_usage).
+    engine = EngineModel(max_num_seqs=2, kv_tokens=7 * 16, ttft=0, tpot=0)
+    assert engine.num_blocks == 6
 
     async def run() -> list[str]:
         order: list[str] = []
 
-        async def request(name: str, need: int, hold: asyncio.Event) -> None:
-            seq = await engine.admit(need)
+        async def request(name: str, prompt: int, hold: asyncio.Event) -> None:
+            seq = await engine.admit(prompt)
             order.append(name)
             await hold.wait()
             seq.finish()
 
-        holds = {n: asyncio.Event() for n in "abcd"}
+        holds = {n: asyncio.Event() for n in "abcde"}
         tasks = [
-            asyncio.create_task(request("a", 60, holds["a"])),
-            asyncio.create_task(request("b", 30, holds["b"])),
-            asyncio.create_task(request("c", 50, holds["c"])),  # does not fit next to a
-            asyncio.create_task(request("d", 5, holds["d"])),  # fits, but must not overtake c
+            asyncio.create_task(request("a", 60, holds["a"])),  # 4 blocks
+            asyncio.create_task(request("b", 17, holds["b"])),  # 2 blocks: the cache is full
+            asyncio.create_task(request("c", 33, holds["c"])),  # 3 blocks: waits
+            asyncio.create_task(request("d", 5, holds["d"])),  # 1 block, but must not overtake c
         ]
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         assert order == ["a", "b"] and len(engine.waiting) == 2
-        assert engine.kv_usage == pytest.approx(0.9)
+        assert engine.used_blocks == 6 and engine.kv_usage == pytest.approx(1.0)
         holds["b"].set()
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        assert order == ["a", "b"]  # c (50) does not fit beside a (60): it waits, d waits too
+        assert order == ["a", "b"]  # c (3 blocks) does not fit beside a (4): d waits too
         holds["a"].set()
         for _ in range(4):
             await asyncio.sleep(0)
         assert order == ["a", "b", "c", "d"]
+        assert engine.kv_usage == pytest.approx(4 / 6)
         for hold in holds.values():
             hold.set()
         await asyncio.gather(*tasks)
         return order
 
     asyncio.run(run())
-    assert engine.running == [] and engine.kv_used == 0
+    assert engine.running == [] and engine.used_blocks == 0
+
+
+def test_blocks_grow_with_the_answer_and_the_last_admitted_is_preempted() -> None:
+    """v1/core/sched/scheduler.py schedule(): a running request that needs a block when none
+    is free preempts self.running[-1] (FCFS), which frees its blocks, goes to the front of the
+    waiting queue (_preempt_request) and recomputes prompt + output when admitted again."""
+    engine = EngineModel(max_num_seqs=8, kv_tokens=5 * 16, ttft=0, tpot=0)  # 4 usable blocks
+
+    async def run() -> None:
+        a = await engine.admit(16)  # 1 block
+        b = await engine.admit(16)  # 1 block
+        c = await engine.admit(32)  # 2 blocks: full
+        assert engine.used_blocks == 4 and engine.running == [a, b, c]
+        # a's second token needs the KV of prompt + first token: 17 slots, a second block.
+        await a.wait_next()
+        assert c.preempted and engine.running == [a, b] and engine.waiting[0][0] is c
+        assert (a.blocks, c.blocks, engine.used_blocks) == (2, 0, 3)
+        assert engine.num_preemptions == 1
+        late = asyncio.create_task(engine.admit(1))  # queues behind the preempted c
+        await asyncio.sleep(0)
+        c_token = asyncio.create_task(c.wait_next())  # c waits to be admitted again
+        await asyncio.sleep(0)
+        assert not c_token.done()
+        a.finish()  # 2 blocks free: c (prompt 32 + its first token: 3 blocks) resumes first
+        await asyncio.wait_for(c_token, 1)
+        assert not c.preempted and c.blocks == 3 and c.preemptions == 1
+        assert engine.running == [b, c] and not late.done()
+        b.finish()
+        await asyncio.wait_for(late, 1)
+        # Alone, a request never preempts itself (vLLM refuses a cache smaller than a request).
+        for seq in list(engine.running):
+            seq.finish()
+        solo = await engine.admit(100)
+        await solo.wait_next()
+        assert not solo.preempted and engine.kv_usage == 1.0
+        solo.finish()
+
+    asyncio.run(run())
+    assert engine.used_blocks == 0 and not engine.waiting
+    text = "\n".join(engine.metric_lines('engine="0"'))
+    assert 'vllm:num_preemptions_total{engine="0"} 1.0' in text
+
+
+def test_a_request_can_preempt_itself_and_ollama_reserves() -> None:
+    engine = EngineModel(max_num_seqs=8, kv_tokens=4 * 16, ttft=0, tpot=0)  # 3 usable blocks
+
+    async def run() -> None:
+        a = await engine.admit(32)  # 2 blocks
+        b = await engine.admit(16)  # 1 block, admitted last
+        step = asyncio.create_task(b.wait_next())  # b needs a second block: it is the victim
+        await asyncio.sleep(0)
+        assert b.preempted and not step.done() and engine.running == [a]
+        a.finish()
+        await asyncio.wait_for(step, 1)
+        assert engine.running == [b] and b.blocks == 2
+        b.finish()
+        # Ollama: the whole answer is reserved at admission and never grows.
+        held = await engine.admit(10, reserve=40)
+        assert held.blocks == 3
+        await held.wait_next()
+        assert held.blocks == 3
+        held.finish()
+
+    asyncio.run(run())
+    assert engine.num_preemptions == 1
 
 
 def test_metrics_use_the_vllm_033_names() -> None:
@@ -103,6 +171,7 @@ def test_metrics_use_the_vllm_033_names() -> None:
         "vllm:inter_token_latency_seconds_count",
         "vllm:e2e_request_latency_seconds_sum",
         "vllm:request_queue_time_seconds_count",
+        "vllm:num_preemptions_total",
     ):
         assert name in text
     assert "gpu_cache_usage_perc" not in text  # gone in vLLM v1's metrics

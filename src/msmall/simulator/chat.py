@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from msmall.simulator import generation as gen
-from msmall.simulator.engine import Sequence, sleep_until
+from msmall.simulator.engine import Sequence
 from msmall.simulator.images import ImageError, ImageInfo, decode_data_url, inspect_image
 
 if TYPE_CHECKING:
@@ -82,12 +82,25 @@ class Completion:
     stop_reason: str | None = None
     # tool_choice "required" or a named function: vLLM answers content "" with the calls.
     forced: bool = False
+    # The answer ended on the model's EOS token, which vLLM counts in completion_tokens (and
+    # generates in a decode step of its own): see Dialect.counts_eos.
+    eos: bool = False
 
 
 class Dialect:
     """What differs between engines. Subclasses: VllmDialect, OllamaDialect."""
 
     tool_id_style = "openai"
+    # vLLM v1 counts the EOS token it sampled: v1/core/sched/scheduler.py
+    # _update_request_with_output appends every sampled token before check_stop
+    # (sched/utils.py) finishes on EOS, so the output's token_ids, hence usage
+    # (chat_completion/serving.py, stream_processor.py num_output_tokens) and
+    # vllm:generation_tokens_total (v1/metrics/stats.py IterationStats.update_from_output),
+    # include it. VllmDialect sets this.
+    counts_eos = False
+    # vLLM's KV cache is paged (blocks taken as the answer grows, preemption when they run
+    # out); Ollama's slots hold the whole answer from the start (engine.EngineModel).
+    paged_kv = False
 
     def __init__(self, state: SimState) -> None:
         self.state = state
@@ -202,14 +215,13 @@ async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") ->
     state.requests_served += 1
     state.prompt_tokens_total += chat.prompt.tokens
     state.generation_tokens_total += completion.completion_tokens * chat.n
-    kv_need = chat.prompt.tokens + completion.completion_tokens * chat.n
     if chat.stream:
         return StreamingResponse(
-            stream_chunks(chat, completion, dialect, kv_need, arrived),
+            stream_chunks(chat, completion, dialect, arrived),
             media_type="text/event-stream",
             headers=headers,
         )
-    seq = await state.engine.admit(kv_need, arrived)
+    seq = await admit(dialect, chat, completion, arrived)
     try:
         await _run_to_end(state, seq, max(1, completion.completion_tokens))
     finally:
@@ -218,6 +230,17 @@ async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") ->
     if chat.kind == "text":
         return JSONResponse(dialect.text_response_body(cid, chat, completion), headers=headers)
     return JSONResponse(dialect.response_body(cid, chat, completion), headers=headers)
+
+
+async def admit(
+    dialect: Dialect, chat: ChatRequest, completion: Completion, arrived: float
+) -> Sequence:
+    """A place in the running batch (engine.EngineModel): vLLM's paged KV cache holds the
+    prompt and grows with the answer; Ollama's requests reserve their whole answer."""
+    reserve = 0 if dialect.paged_kv else chat.prompt.tokens + completion.completion_tokens * chat.n
+    return await dialect.state.engine.admit(
+        chat.prompt.tokens, arrived, width=chat.n, reserve=reserve
+    )
 
 
 async def prepare(body: dict[str, Any], dialect: Dialect) -> tuple[ChatRequest, Completion]:
@@ -234,19 +257,32 @@ async def prepare(body: dict[str, Any], dialect: Dialect) -> tuple[ChatRequest, 
 
 
 async def stream_tokens(
-    state: SimState, chat: ChatRequest, completion: Completion, arrived: float
-) -> AsyncIterator[str]:
-    """The answer's tokens, each when it is due (for the routes that wrap chat)."""
-    seq = await state.engine.admit(chat.prompt.tokens + completion.completion_tokens, arrived)
+    state: SimState,
+    chat: ChatRequest,
+    completion: Completion,
+    arrived: float,
+    items: list[Any] | None = None,
+) -> AsyncIterator[Any]:
+    """The answer's tokens (or ``items``, e.g. tool-call deltas, one per token), each when it
+    is due (for the vLLM routes that wrap chat: a paged KV cache)."""
+    seq = await state.engine.admit(chat.prompt.tokens, arrived)
     try:
-        await sleep_until(seq.first_deadline(), state.stop)
-        for step, piece in enumerate(completion.deltas):
+        await seq.wait_first(state.stop)
+        for step, piece in enumerate(completion.deltas if items is None else items):
             if step:
-                await sleep_until(seq.next_deadline(), state.stop)
+                await seq.wait_next(state.stop)
             seq.emitted()
             yield piece
+        await _eos_step(state, seq, completion)
     finally:
         seq.finish()
+
+
+async def _eos_step(state: SimState, seq: Sequence, completion: Completion) -> None:
+    """The decode step that samples the EOS token (no text): what ends the stream comes then."""
+    if completion.eos:
+        await seq.wait_next(state.stop)
+        seq.emitted()
 
 
 async def generate_whole(
@@ -257,7 +293,7 @@ async def generate_whole(
     state = dialect.state
     arrived = time.monotonic() if arrived is None else arrived
     chat, completion = await prepare(body, dialect)
-    seq = await state.engine.admit(chat.prompt.tokens + completion.completion_tokens, arrived)
+    seq = await admit(dialect, chat, completion, arrived)
     try:
         await _run_to_end(state, seq, max(1, completion.completion_tokens))
     finally:
@@ -271,11 +307,11 @@ async def _run_to_end(state: SimState, seq: Sequence, tokens: int) -> None:
     if engine.ttft <= 0 and engine.tpot <= 0:
         seq.emitted(tokens)
         return
-    await sleep_until(seq.first_deadline(), state.stop)
+    await seq.wait_first(state.stop)
     seq.emitted()
     for _ in range(tokens - 1):
         # One deadline per token, so a batch that grows meanwhile slows the rest down.
-        await sleep_until(seq.next_deadline(), state.stop)
+        await seq.wait_next(state.stop)
     if tokens > 1:
         seq.emitted(tokens - 1)
 
@@ -476,27 +512,31 @@ def complete(chat: ChatRequest, dialect: Dialect) -> Completion:
                 id=gen.tool_call_id(dialect.tool_id_style),
             )
             if mode == "call" or forced:
-                tokens = gen.count_tokens(call.arguments_json) + 3
+                # [TOOL_CALLS], the name, [ARGS] and the arguments; then the model's EOS.
+                eos = dialect.counts_eos
+                tokens = gen.count_tokens(call.arguments_json) + 3 + eos
                 finish = dialect.tool_finish(chat)
-                return Completion("", [call], [], finish, tokens, forced=forced)
+                return Completion("", [call], [], finish, tokens, forced=forced, eos=eos)
             shaped = gen.shape(gen.tools_as_text([call]), chat.limits, pad=False)
-            return _completion(shaped)
+            return _completion(shaped, dialect)
     if chat.structured is not None:
         schema = None if chat.structured == "json" else chat.structured
         text = gen.json_answer(schema, chat.prompt.last_user_text)
-        return _completion(gen.shape(text, chat.limits, pad=False))
-    return _completion(gen.shape(gen.answer_text(chat.prompt), chat.limits))
+        return _completion(gen.shape(text, chat.limits, pad=False), dialect)
+    return _completion(gen.shape(gen.answer_text(chat.prompt), chat.limits), dialect)
 
 
-def _completion(shaped: gen.Shaped) -> Completion:
+def _completion(shaped: gen.Shaped, dialect: Dialect) -> Completion:
     text = "".join(shaped.deltas)
+    # Finished "stop" without a stop string: the model sampled its EOS (not under
+    # ignore_eos, which only ends on the length limit).
+    eos = dialect.counts_eos and shaped.finish_reason == "stop" and shaped.stop_reason is None
+    if shaped.generated is not None:
+        tokens = shaped.generated
+    else:
+        tokens = gen.token_count(shaped.deltas) + eos
     return Completion(
-        text,
-        [],
-        shaped.deltas,
-        shaped.finish_reason,
-        gen.token_count(shaped.deltas),
-        shaped.stop_reason,
+        text, [], shaped.deltas, shaped.finish_reason, tokens, shaped.stop_reason, eos=eos
     )
 
 
@@ -561,10 +601,9 @@ def sse(payload: dict | str) -> bytes:
 
 
 async def stream_chunks(
-    chat: ChatRequest, completion: Completion, dialect: Dialect, kv_need: int, arrived: float
+    chat: ChatRequest, completion: Completion, dialect: Dialect, arrived: float
 ) -> AsyncIterator[bytes]:
-    state = dialect.state
-    seq = await state.engine.admit(kv_need, arrived)
+    seq = await admit(dialect, chat, completion, arrived)
     try:
         async for item in _stream(chat, completion, dialect, seq):
             yield item
@@ -578,7 +617,7 @@ async def _stream(
     state = dialect.state
     cid = dialect.completion_id(chat.kind, chat)
     choices = range(chat.n)
-    await sleep_until(seq.first_deadline(), state.stop)
+    await seq.wait_first(state.stop)
     generated = 0
 
     def with_usage(chunk: dict) -> dict:
@@ -607,11 +646,16 @@ async def _stream(
         return render
 
     if chat.kind == "text":
-        for step, piece in enumerate(completion.deltas):
+        # After an EOS the finish rides on a chunk of its own, text "", one decode step after
+        # the last token (completion/serving.py streams the EOS token's output like any other).
+        pieces = [*completion.deltas, ""] if completion.eos else completion.deltas
+        for step, piece in enumerate(pieces):
             if step:
-                await sleep_until(seq.next_deadline(), state.stop)
-            last = step == len(completion.deltas) - 1
+                await seq.wait_next(state.stop)
+            last = step == len(pieces) - 1
             generated += chat.n if piece else 0
+            if last:
+                generated = completion.completion_tokens * chat.n
             seq.emitted()
             if plain and not last:
                 for index in choices:
@@ -641,7 +685,7 @@ async def _stream(
         if completion.tool_calls:
             for step, delta in enumerate(dialect.tool_call_deltas(completion.tool_calls)):
                 if step:
-                    await sleep_until(seq.next_deadline(), state.stop)
+                    await seq.wait_next(state.stop)
                 generated = completion.completion_tokens * chat.n
                 seq.emitted()
                 for index in choices:
@@ -650,7 +694,7 @@ async def _stream(
         else:
             for step, piece in enumerate(completion.deltas):
                 if step:
-                    await sleep_until(seq.next_deadline(), state.stop)
+                    await seq.wait_next(state.stop)
                 generated += chat.n if piece else 0
                 seq.emitted()
                 if plain and (step or first is not None):
@@ -668,6 +712,8 @@ async def _stream(
                             "content": logprobs_content([piece], chat.top_logprobs)
                         }
                     yield sse(with_usage(chunk))
+        await _eos_step(state, seq, completion)
+        generated = completion.completion_tokens * chat.n
         for index in choices:
             chunk = dialect.chunk(cid, chat, dialect.last_delta(), completion.finish_reason, index)
             if "stop_reason" in chunk["choices"][0]:

@@ -264,7 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-vision", action="store_true", help="reject image inputs")
     parser.add_argument("--max-images-per-prompt", type=int, default=None, metavar="N")
     parser.add_argument("--max-model-len", type=int, default=None, metavar="N")
-    parser.add_argument("--kv-cache-tokens", type=int, default=None, metavar="N")
+    parser.add_argument(
+        "--kv-cache-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="KV cache size in tokens, paged in 16-token blocks; vLLM preempts when it runs out",
+    )
     parser.add_argument("--startup-delay", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--ttft", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--tpot", type=float, default=0.0, metavar="SECONDS")

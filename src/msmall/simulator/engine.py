@@ -1,9 +1,22 @@
 """A small, honest load model of the engine's scheduler, and the metrics vLLM exports about it.
 
 * At most ``max_num_seqs`` sequences run at once (vLLM's --max-num-seqs; Ollama's
-  OLLAMA_NUM_PARALLEL). A request also needs KV-cache room for its prompt plus the tokens it
-  will generate; the running requests together never hold more than ``kv_tokens``. The rest
-  wait in arrival order (FIFO, like vLLM's default "fcfs" scheduling policy).
+  OLLAMA_NUM_PARALLEL). The rest wait in arrival order (FIFO, like vLLM's default "fcfs"
+  scheduling policy).
+* The KV cache is paged as in vLLM v1: ``kv_tokens // block_size`` blocks of 16 tokens
+  (config/cache.py CacheConfig.DEFAULT_BLOCK_SIZE), one of them the null block that is never
+  handed out (v1/core/block_pool.py get_usage). A request is admitted when the blocks for its
+  prompt are free (scheduler.py schedule(): allocate_slots for the new tokens), and takes one
+  more block each time its sequence crosses a block boundary while it decodes. When a running
+  request needs a block and none is free, the scheduler preempts the last-admitted running
+  request (FCFS: ``self.running[-1]``, possibly the request itself) until the block fits:
+  the victim frees its blocks, goes back to the front of the waiting queue
+  (_preempt_request: waiting.prepend_request) and, once admitted again, recomputes its
+  prompt and the tokens it had generated (a prefill: ``ttft``) before its next token.
+  ``vllm:num_preemptions_total`` counts this (v1/metrics/loggers.py, counter
+  "vllm:num_preemptions"); ``vllm:kv_cache_usage_perc`` is blocks in use / usable blocks.
+  Ollama has no paged cache: its requests reserve their whole answer at admission
+  (``reserve``) and are never preempted.
 * Token times are deadlines: token k of a request is due at ``admitted + ttft + sum(tpot_i)``,
   so sleeping never accumulates lateness (each token used to sleep tpot after the last one
   was sent, which added the event loop's latency to every token).
@@ -20,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -75,16 +89,32 @@ class Histogram:
 class Sequence:
     """One admitted request: its token deadlines and its share of the KV cache."""
 
-    def __init__(self, engine: EngineModel, kv_need: int, arrived: float) -> None:
+    def __init__(
+        self, engine: EngineModel, prompt_tokens: int, arrived: float, width: int, reserve: int
+    ) -> None:
         self.engine = engine
-        self.kv_need = kv_need
+        self.prompt_tokens = prompt_tokens
+        self.width = max(1, width)  # n: parallel samples decode side by side
+        self.reserve = reserve
         self.arrived = arrived
         self.admitted = arrived
+        self.first_admitted: float | None = None
         self.next_due = arrived
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.tokens = 0
         self.done = False
+        # Scheduling: the token being computed (1: the prefill's), the KV blocks held, and
+        # whether the sequence is preempted (then ``resumed`` is set when admitted again).
+        self.step = 1
+        self.blocks = 0
+        self.preempted = False
+        self.resumed: asyncio.Future[None] | None = None
+        self.preemptions = 0
+
+    def slots(self) -> int:
+        """KV slots the current step needs: the prompt and every token generated before it."""
+        return max(self.prompt_tokens + self.width * (self.step - 1), self.reserve)
 
     def first_deadline(self) -> float:
         self.next_due = self.admitted + self.engine.ttft
@@ -94,6 +124,42 @@ class Sequence:
         """The deadline of the next token after the one just due."""
         self.next_due += self.engine.tpot_now()
         return self.next_due
+
+    async def wait_first(self, stop: asyncio.Event | None = None) -> None:
+        """Sleep until the first token is due (later if preempted meanwhile)."""
+        await sleep_until(self.first_deadline(), stop)
+        if self.preempted:
+            await self._resume(stop)
+
+    async def wait_next(self, stop: asyncio.Event | None = None) -> None:
+        """Schedule the next token (its KV slot may preempt someone, or this request) and
+        sleep until it is due."""
+        self.step += 1
+        engine = self.engine
+        # The hot path of a load test: a new block only at a block boundary.
+        if not self.preempted and (
+            self.prompt_tokens + self.width * (self.step - 1) <= self.blocks * engine.block_size
+            or engine.grow(self)
+        ):
+            await sleep_until(self.next_deadline(), stop)
+        if self.preempted:
+            await self._resume(stop)
+
+    async def _resume(self, stop: asyncio.Event | None) -> None:
+        # Preempted: wait to be admitted again, then recompute (a prefill) before the token.
+        while self.preempted and self.resumed is not None:
+            if stop is not None and stop.is_set():
+                return
+            loop = asyncio.get_running_loop()
+            sleepers = _SLEEPERS.setdefault(loop, set())
+            sleepers.add(self.resumed)  # wake_sleepers (the server stopping) ends the wait
+            try:
+                await self.resumed
+            finally:
+                sleepers.discard(self.resumed)
+            if stop is not None and stop.is_set():
+                return
+            await sleep_until(self.first_deadline(), stop)
 
     def emitted(self, count: int = 1) -> None:
         now = time.monotonic()
@@ -113,9 +179,12 @@ class Sequence:
         engine.release(self)
         now = time.monotonic()
         hist = engine.hist
+        # v1/metrics/stats.py update_from_finished_request: queued until first scheduled
+        # ("ignore preemptions"), running from then on.
+        admitted = self.admitted if self.first_admitted is None else self.first_admitted
         hist["e2e"].observe(now - self.arrived)
-        hist["queue"].observe(self.admitted - self.arrived)
-        hist["inference"].observe(now - self.admitted)
+        hist["queue"].observe(admitted - self.arrived)
+        hist["inference"].observe(now - admitted)
         if self.first_at is not None and self.tokens > 1:
             hist["tpot"].observe((now - self.first_at) / (self.tokens - 1))
 
@@ -129,16 +198,20 @@ class EngineModel:
         tpot: float,
         knee: int = 64,
         slope: float = 1.0,
+        block_size: int = 16,
     ) -> None:
         self.max_num_seqs = max(1, max_num_seqs)
-        self.kv_tokens = max(1, kv_tokens)
+        self.block_size = max(1, block_size)
+        # Usable blocks: the pool less its null block (block_pool.py get_usage).
+        self.num_blocks = max(1, kv_tokens // self.block_size - 1)
         self.ttft = ttft
         self.tpot = tpot
         self.knee = max(1, knee)
         self.slope = slope
         self.running: list[Sequence] = []
         self.waiting: deque[tuple[Sequence, asyncio.Future[None]]] = deque()
-        self.kv_used = 0
+        self.used_blocks = 0
+        self.num_preemptions = 0
         self.hist = {
             "ttft": Histogram(
                 "vllm:time_to_first_token_seconds",
@@ -178,26 +251,41 @@ class EngineModel:
 
     @property
     def kv_usage(self) -> float:
-        return min(1.0, self.kv_used / self.kv_tokens)
+        return min(1.0, self.used_blocks / self.num_blocks)
+
+    def _blocks_for(self, seq: Sequence) -> int:
+        return math.ceil(seq.slots() / self.block_size)
 
     def _fits(self, seq: Sequence) -> bool:
         if len(self.running) >= self.max_num_seqs:
             return False
-        # A request alone always runs (its prompt + max_tokens fit max_model_len <= KV cache).
-        return not self.running or self.kv_used + seq.kv_need <= self.kv_tokens
+        # A request alone always runs (vLLM checks at startup that max_model_len fits the cache).
+        need = self._blocks_for(seq) - seq.blocks
+        return not self.running or self.used_blocks + need <= self.num_blocks
 
     def _start(self, seq: Sequence, at: float | None = None) -> None:
         seq.admitted = time.monotonic() if at is None else at
+        if seq.first_admitted is None:
+            seq.first_admitted = seq.admitted
+        seq.preempted = False
         self.running.append(seq)
-        self.kv_used += seq.kv_need
+        need = self._blocks_for(seq)
+        self.used_blocks += need - seq.blocks
+        seq.blocks = need
 
-    async def admit(self, kv_need: int, arrived: float | None = None) -> Sequence:
+    async def admit(
+        self, prompt_tokens: int, arrived: float | None = None, *, width: int = 1, reserve: int = 0
+    ) -> Sequence:
         """Wait for a place in the running batch; FIFO, so no request overtakes an older one.
 
         ``arrived`` (time.monotonic()) is when the request came in: a request admitted at once
         counts its TTFT from then, so parsing it is inside the TTFT, not added to it.
+        ``reserve``: KV tokens held from admission on (Ollama's whole answer); vLLM's requests
+        grow block by block instead.
         """
-        seq = Sequence(self, kv_need, time.monotonic() if arrived is None else arrived)
+        seq = Sequence(
+            self, prompt_tokens, time.monotonic() if arrived is None else arrived, width, reserve
+        )
         if not self.waiting and self._fits(seq):
             self._start(seq, seq.arrived)
             return seq
@@ -214,10 +302,42 @@ class EngineModel:
             raise
         return seq
 
+    def grow(self, seq: Sequence) -> bool:
+        """Give ``seq`` the blocks its current step needs, preempting the last-admitted running
+        requests while none are free (v1/core/sched/scheduler.py schedule(), the running loop
+        around kv_cache_manager.allocate_slots). False: ``seq`` itself was preempted."""
+        if seq.preempted:
+            return False
+        need = self._blocks_for(seq) - seq.blocks
+        while need > 0 and self.used_blocks + need > self.num_blocks:
+            victim = self.running[-1]
+            if victim is seq and len(self.running) == 1:
+                break  # alone: it runs (see _fits)
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        self.used_blocks += need
+        seq.blocks += need
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        """scheduler.py _preempt_request: free the blocks, back to the front of the queue."""
+        self.running.remove(seq)
+        self.used_blocks -= seq.blocks
+        seq.blocks = 0
+        seq.preempted = True
+        seq.preemptions += 1
+        self.num_preemptions += 1
+        seq.resumed = asyncio.get_running_loop().create_future()
+        self.waiting.appendleft((seq, seq.resumed))
+
     def release(self, seq: Sequence) -> None:
         if seq in self.running:
             self.running.remove(seq)
-            self.kv_used -= seq.kv_need
+            self.used_blocks -= seq.blocks
+            seq.blocks = 0
+        elif seq.preempted:
+            self.waiting = deque(w for w in self.waiting if w[0] is not seq)
         self._wake()
 
     def _wake(self) -> None:
@@ -239,6 +359,9 @@ class EngineModel:
             "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.",
             "# TYPE vllm:kv_cache_usage_perc gauge",
             f"vllm:kv_cache_usage_perc{{{label}}} {self.kv_usage}",
+            "# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.",
+            "# TYPE vllm:num_preemptions_total counter",
+            f"vllm:num_preemptions_total{{{label}}} {float(self.num_preemptions)}",
         ]
         for hist in self.hist.values():
             lines += hist.lines(label)

@@ -242,6 +242,10 @@ class Shaped:
     deltas: list[str]
     finish_reason: str
     stop_reason: str | None = None
+    # Tokens generated when a stop string ended the answer: up to and including the one that
+    # completed the string, which the output is cut inside (vllm/v1/engine/output_processor.py
+    # _trim_surplus_tokens keeps the tokens through it); None: one per delta.
+    generated: int | None = None
 
 
 def filler(count: int, start: int = 0) -> list[str]:
@@ -284,7 +288,12 @@ def shape(text: str, limits: OutputLimits, pad: bool = True) -> Shaped:
             if limits.max_tokens is None or len(cut) <= limits.max_tokens:
                 if not cut:
                     cut = [""]
-                return Shaped(cut, "stop", best[1])
+                end, generated, pos = best[0] + len(best[1]), 0, 0
+                for piece in deltas:
+                    generated, pos = generated + 1, pos + len(piece)
+                    if pos >= end:
+                        break
+                return Shaped(cut, "stop", best[1], generated)
     # The answer's EOS is one more token: an answer of exactly max_tokens tokens (or padded
     # to it under ignore_eos) also ends on the length limit.
     if limits.max_tokens is not None and len(deltas) >= limits.max_tokens:

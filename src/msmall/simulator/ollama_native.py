@@ -21,7 +21,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from msmall.models import MISTRAL_SMALL_3_1 as m
 from msmall.simulator import generation as gen
 from msmall.simulator.chat import structured_format
-from msmall.simulator.engine import sleep_until
 from msmall.simulator.images import ImageError, inspect_image
 from msmall.simulator.state import (
     OLLAMA_REGISTRY,
@@ -326,13 +325,13 @@ async def _native_reply(
         return done
 
     if body.get("stream") is False:
-        seq = await engine.admit(prompt.tokens + tokens)
+        seq = await engine.admit(prompt.tokens, reserve=prompt.tokens + tokens)
         try:
-            await sleep_until(seq.first_deadline(), state.stop)
+            await seq.wait_first(state.stop)
             first_at = time.monotonic()
             seq.emitted()
             for _ in range(max(0, tokens - 1)):
-                await sleep_until(seq.next_deadline(), state.stop)
+                await seq.wait_next(state.stop)
             if tokens > 1:
                 seq.emitted(tokens - 1)
         finally:
@@ -340,20 +339,20 @@ async def _native_reply(
         return JSONResponse(final("".join(deltas), tool_calls, first_at))
 
     async def lines() -> AsyncIterator[bytes]:
-        seq = await engine.admit(prompt.tokens + tokens)
+        seq = await engine.admit(prompt.tokens, reserve=prompt.tokens + tokens)
         try:
-            await sleep_until(seq.first_deadline(), state.stop)
+            await seq.wait_first(state.stop)
             first_at = time.monotonic()
             if tool_calls:
                 # The tool parser buffers the call's tokens and sends it whole, content "".
                 for _ in range(max(0, tokens - 1)):
-                    await sleep_until(seq.next_deadline(), state.stop)
+                    await seq.wait_next(state.stop)
                 seq.emitted(tokens)
                 yield (json.dumps(piece("", tool_calls)) + "\n").encode()
             else:
                 for n, text in enumerate(deltas):
                     if n:
-                        await sleep_until(seq.next_deadline(), state.stop)
+                        await seq.wait_next(state.stop)
                     seq.emitted()
                     yield (json.dumps(piece(text)) + "\n").encode()
             yield (json.dumps(final("", None, first_at)) + "\n").encode()
