@@ -38,6 +38,22 @@ CPU_LIMIT_PERCENT = 85.0
 LAG_TICK_S = 0.005
 REQUEST_TIMEOUT_S = 600.0
 _DECODER = json.JSONDecoder()
+_CONTENT = b'"delta":{"content":"'
+_NOT_PLAIN = (b'"tool_calls"', b'"usage":{', b'"reasoning', b'"error"', b'"role"')
+
+
+def _is_plain_token(payload: bytes) -> bool:
+    """A chunk whose only news is a non-empty content delta in its first choice.
+
+    Its delta opens with ``"content":"`` followed by something other than the closing quote
+    (a quote inside the text is escaped, ``\\"``), and no key the full decode would act on
+    (usage, tool calls, reasoning, an error, a role) appears unescaped anywhere in it. Such a
+    chunk is a token by vLLM's rule whatever else it holds (finish_reason included).
+    """
+    at = payload.find(_CONTENT)
+    if at < 0 or payload[at + len(_CONTENT) : at + len(_CONTENT) + 1] == b'"':
+        return False
+    return not any(key in payload for key in _NOT_PLAIN)
 
 
 @dataclass
@@ -80,8 +96,28 @@ async def run_request(
         result.started = ts
         state["last"] = ts
 
+    need_text = req.expect_colour is not None
+
     def on_data(ts: float, data: bytes) -> None:
         for payload in parser.feed(data):
+            # The hot path, a plain content token: recognised by a byte scan, no JSON decode
+            # (256 streams send 12,800 of these a second). Anything else (role, finish,
+            # usage, tool calls, reasoning, errors, an empty content) takes the full decode
+            # below, which applies the same rules.
+            if (
+                not need_text
+                and payload[:1] == b"{"
+                and payload[-1:] == b"}"
+                and _is_plain_token(payload)
+            ):
+                if result.ttft is None:
+                    result.ttft = ts - result.started
+                else:
+                    result.itl.append(ts - state["last"])
+                state["last"] = ts
+                result.end = ts
+                result.chunks += 1
+                continue
             if payload == b"[DONE]":
                 state["done"] = True
                 continue
@@ -178,11 +214,13 @@ class Monitor:
         self.cpu_percent = 0.0
 
     async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
+        # perf_counter, not loop.time(): uvloop's loop.time() is the time cached when the
+        # current loop iteration began, so a stall inside an iteration would not show.
+        clock = time.perf_counter
         while True:
-            due = loop.time() + LAG_TICK_S
+            due = clock() + LAG_TICK_S
             await asyncio.sleep(LAG_TICK_S)
-            self.lags.append(max(0.0, loop.time() - due))
+            self.lags.append(max(0.0, clock() - due))
 
     def start(self) -> None:
         self._cpu0, self._wall0 = time.process_time(), time.perf_counter()
