@@ -53,7 +53,7 @@ def _stopped_after(engine):
 def _sim(*extra: str):
     return start_simulator(
         "--ttft", str(TTFT), "--tpot", str(TPOT), "--max-num-seqs", "512",
-        "--batch-slope", "0", *extra,
+        "--batch-slope", "0", "--disable-uvicorn-access-log", *extra,
     )  # fmt: skip
 
 
