@@ -39,7 +39,7 @@ LAG_TICK_S = 0.005
 REQUEST_TIMEOUT_S = 600.0
 _DECODER = json.JSONDecoder()
 _CONTENT = b'"delta":{"content":"'
-_NOT_PLAIN = (b'"tool_calls"', b'"usage":{', b'"reasoning', b'"error"', b'"role"')
+_CONTENT_END = len(_CONTENT)
 
 
 def _is_plain_token(payload: bytes) -> bool:
@@ -51,9 +51,15 @@ def _is_plain_token(payload: bytes) -> bool:
     chunk is a token by vLLM's rule whatever else it holds (finish_reason included).
     """
     at = payload.find(_CONTENT)
-    if at < 0 or payload[at + len(_CONTENT) : at + len(_CONTENT) + 1] == b'"':
+    if at < 0 or payload[at + _CONTENT_END : at + _CONTENT_END + 1] == b'"':
         return False
-    return not any(key in payload for key in _NOT_PLAIN)
+    return not (
+        b'"tool_calls"' in payload
+        or b'"usage":{' in payload
+        or b'"reasoning' in payload
+        or b'"error"' in payload
+        or b'"role"' in payload
+    )
 
 
 @dataclass
