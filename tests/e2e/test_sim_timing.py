@@ -66,6 +66,9 @@ def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EngineProc
     engine, port = start_sim(
         tmp_path_factory.mktemp("home"),
         "--ttft", str(TTFT), "--tpot", str(TPOT), "--max-num-seqs", "64",
+        # An access line per request is CPU for both processes (the log reader is a thread
+        # of this one), as vLLM's own flag says for load tests.
+        "--disable-uvicorn-access-log",
     )  # fmt: skip
     try:
         yield engine, port
@@ -99,8 +102,10 @@ def test_ttft_and_tpot_match_the_injected_values(timed, concurrency: int) -> Non
     assert abs(server_ttft - TTFT) / TTFT < tolerance, server_ttft
     # The client's TTFT also holds the OS scheduling two busy processes (measured: +1-16 ms
     # at 1 and 16 streams, up to +45 ms at 64 under load): only "not queued, not skipped" is
-    # asserted here; benchmarks/sim_overhead.py --timing reports the exact figures.
-    assert TTFT <= ttft < TTFT + 0.1, (ttft, results)
+    # asserted here; benchmarks/sim_overhead.py --timing reports the exact figures. The
+    # simulator asks its loop to wake up to 1.5 ms early (engine.sleep_until: the loop's timers
+    # are that late on average), so a token may leave that much before its deadline.
+    assert TTFT - 0.002 <= ttft < TTFT + 0.1, (ttft, results)
 
 
 def test_over_max_num_seqs_requests_wait_and_metrics_show_it(tmp_path: Path) -> None:
