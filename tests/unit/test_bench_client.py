@@ -212,3 +212,33 @@ def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         assert isinstance(loop, uvloop.Loop)
     finally:
         loop.close()
+
+
+class _Replay:
+    """A Connection stand-in that answers with the given SSE events, one chunk each."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+
+    async def request(self, method, path, body=b"", on_data=None, on_sent=None):
+        on_sent(0.0)
+        for n, event in enumerate(self.events, 1):
+            on_data(float(n), event)
+        return client.Response(200)
+
+
+@pytest.mark.parametrize("vision", [False, True])
+def test_run_request_counts_the_tokens_the_full_rule_counts(vision: bool) -> None:
+    from msmall.bench import workload
+
+    events = [b"data: " + p + b"\n\n" for p in PAYLOADS if b'"error"' not in p]
+    events.append(b"data: [DONE]\n\n")
+    req = workload.BenchRequest(
+        "vision" if vision else "chat", {}, expect_colour="red" if vision else None
+    )
+    result = asyncio.run(runner.run_request(_Replay(events), req))  # type: ignore[arg-type]
+    expected = sum(_full_decode_is_token(p) for p in PAYLOADS if b'"error"' not in p)
+    assert result.error is None, result.error_detail
+    assert result.chunks == expected
+    assert result.usage_tokens == 3  # the last usage chunk wins
+    assert result.ttft == 1.0  # the first chunk, " fox", is a token

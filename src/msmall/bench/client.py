@@ -374,6 +374,11 @@ class SSEParser:
     def __init__(self) -> None:
         self._buffer = b""
 
+    @property
+    def pending(self) -> bool:
+        """Part of an event is waiting for the rest."""
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes]:
         # The common case, one whole `data: ...` event per chunk: no splitting, no copies.
         if (
