@@ -66,6 +66,9 @@ def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EngineProc
     engine, port = start_sim(
         tmp_path_factory.mktemp("home"),
         "--ttft", str(TTFT), "--tpot", str(TPOT), "--max-num-seqs", "64",
+        # An access line per request is CPU for both processes (the log reader is a thread
+        # of this one), as vLLM's own flag says for load tests.
+        "--disable-uvicorn-access-log",
     )  # fmt: skip
     try:
         yield engine, port
@@ -99,8 +102,10 @@ def test_ttft_and_tpot_match_the_injected_values(timed, concurrency: int) -> Non
     assert abs(server_ttft - TTFT) / TTFT < tolerance, server_ttft
     # The client's TTFT also holds the OS scheduling two busy processes (measured: +1-16 ms
     # at 1 and 16 streams, up to +45 ms at 64 under load): only "not queued, not skipped" is
-    # asserted here; benchmarks/sim_overhead.py --timing reports the exact figures.
-    assert TTFT <= ttft < TTFT + 0.1, (ttft, results)
+    # asserted here; benchmarks/sim_overhead.py --timing reports the exact figures. The
+    # simulator asks its loop to wake up to 1.5 ms early (engine.sleep_until: the loop's timers
+    # are that late on average), so a token may leave that much before its deadline.
+    assert TTFT - 0.002 <= ttft < TTFT + 0.1, (ttft, results)
 
 
 def test_over_max_num_seqs_requests_wait_and_metrics_show_it(tmp_path: Path) -> None:
@@ -159,3 +164,39 @@ def _gauge(text: str, name: str) -> float:
         if line.startswith(name + "{") and "le=" not in line:
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_client_that_goes_away_frees_its_place_at_once(tmp_path: Path) -> None:
+    """vLLM aborts a request whose client disconnected; the simulator's TokenStream (no anyio
+    task group per response, simulator/streaming.py) must still notice and end the sequence."""
+    engine, port = start_sim(tmp_path, "--ttft", "0.01", "--tpot", "0.05")
+    base = f"http://127.0.0.1:{port}"
+
+    async def run() -> tuple[float, float]:
+        body = json.dumps(
+            {"model": MODEL, "prompt": "x", "max_tokens": 400, "ignore_eos": True, "stream": True}
+        ).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        await asyncio.wait_for(reader.readuntil(b"data: {"), 10)  # streaming has begun
+        async with httpx.AsyncClient(base_url=base, timeout=10, trust_env=False) as c:
+            running = _gauge((await c.get("/metrics")).text, "vllm:num_requests_running")
+            writer.close()  # 400 tokens at 0.05 s would take 20 s
+            deadline = time.monotonic() + 5
+            after = running
+            while time.monotonic() < deadline and after:
+                await asyncio.sleep(0.02)
+                after = _gauge((await c.get("/metrics")).text, "vllm:num_requests_running")
+        return running, after
+
+    try:
+        running, after = asyncio.run(run())
+    finally:
+        engine.stop()
+    assert running == 1.0
+    assert after == 0.0

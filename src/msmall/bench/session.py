@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import time
@@ -10,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from msmall import eventloop
 from msmall.bench import results, runner, workload
 from msmall.bench.client import Connection, HttpError, Target, get_json
 from msmall.errors import ConfigError, EndpointUnhealthy
@@ -135,7 +135,7 @@ def run_bench(
         raise ConfigError(str(exc), "Example: msmall bench http://127.0.0.1:8000") from None
     headers = {"Authorization": f"Bearer {resolved.api_key}"} if resolved.api_key else {}
     specs = level_specs(opts)
-    return asyncio.run(_run(opts, resolved, target, headers, specs, on_progress, on_level_done))
+    return eventloop.run(_run(opts, resolved, target, headers, specs, on_progress, on_level_done))
 
 
 async def _run(opts, resolved, target, headers, specs, on_progress, on_level_done):

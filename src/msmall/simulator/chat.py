@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from msmall.simulator import generation as gen
 from msmall.simulator.engine import Sequence
 from msmall.simulator.images import ImageError, ImageInfo, decode_data_url, inspect_image
+from msmall.simulator.streaming import TokenStream
 
 if TYPE_CHECKING:
     from msmall.simulator.state import SimState
@@ -192,6 +193,7 @@ async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") ->
     state = dialect.state
     # server.StampedH11: when the request's bytes arrived (else: now, e.g. in-process ASGI).
     arrived = (request.scope.get("state") or {}).get("msmall_arrived") or time.monotonic()
+    await state.engine.turn()
     try:
         dialect.check_request(request, None)
         try:
@@ -216,7 +218,7 @@ async def handle_chat(request: Request, dialect: Dialect, kind: str = "chat") ->
     state.prompt_tokens_total += chat.prompt.tokens
     state.generation_tokens_total += completion.completion_tokens * chat.n
     if chat.stream:
-        return StreamingResponse(
+        return TokenStream(
             stream_chunks(chat, completion, dialect, arrived),
             media_type="text/event-stream",
             headers=headers,

@@ -117,6 +117,8 @@ class SimulatorConfig:
     # Seconds between "ready" and the exit of exit-after-ready.
     exit_after_ready_s: float = 0.5
     quiet: bool = False
+    # vLLM --disable-uvicorn-access-log: no access line per request (the other log lines stay).
+    access_log: bool = True
     # vLLM --enable-request-id-headers: answer with an X-Request-Id header.
     request_id_headers: bool = False
     # Load model (engine.py): None: 256 for vLLM, 1 for Ollama.
@@ -288,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="vllm: add X-Request-Id to every response (the request's, or a new one)",
     )
     parser.add_argument(
+        "--disable-uvicorn-access-log",
+        action="store_true",
+        help="vllm: no access log line per request (load tests: a line per request costs CPU)",
+    )
+    parser.add_argument(
         "--max-num-seqs", type=int, default=None, metavar="N", help="default 256 (ollama: 1)"
     )
     parser.add_argument(
@@ -361,6 +368,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> SimulatorConfig:
             quiet=args.quiet,
             max_num_seqs=args.max_num_seqs,
             request_id_headers=args.enable_request_id_headers,
+            access_log=not args.disable_uvicorn_access_log,
             batch_knee=args.batch_knee,
             batch_slope=args.batch_slope,
         )

@@ -1089,7 +1089,9 @@ def build_vllm_app(state: SimState) -> Starlette:
     from msmall.simulator.vllm_extra import add_routes
 
     add_routes(routes, dialect, LOGGED_ROUTES)
-    middleware = [Middleware(AccessLog, state=state)]
+    # vllm/entrypoints/launchers/api_server/entry.py: access_log=not
+    # args.disable_uvicorn_access_log.
+    middleware = [Middleware(AccessLog, state=state)] if config.access_log else []
     if config.api_key:
         middleware.append(Middleware(ApiKeyGuard, api_key=config.api_key))
     if config.request_id_headers:
