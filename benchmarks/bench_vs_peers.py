@@ -62,7 +62,7 @@ def _load() -> str:
 
 
 def _msmall_level(port: int, conc: int, requests: int, tokens: int) -> dict:
-    cpu0 = time.process_time()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     result = run_bench(
         BenchOptions(
             target=f"http://127.0.0.1:{port}",
@@ -72,48 +72,96 @@ def _msmall_level(port: int, conc: int, requests: int, tokens: int) -> dict:
             input_tokens=16,
         )
     )
-    cpu = time.process_time() - cpu0
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     level = result["levels"][0]
+    per_request = level["output_tokens"] / max(1, level["requests"])
     return {
-        "tool": "msmall bench",
+        "tool": "msmall bench (chat)",
         "concurrency": conc,
+        "requests": level["requests"],
+        "failed": sum(level["errors"].values()),
+        # Mean tokens per measured request (exact when it is the asked number).
+        "output_lens": f"{per_request:g}",
         "ttft_mean_s": level["ttft_s"]["mean"],
         "ttft_error_pct": (level["ttft_s"]["mean"] - TTFT) / TTFT * 100,
         "tpot_mean_s": level["tpot_s"]["mean"],
         "tpot_error_pct": (level["tpot_s"]["mean"] - TPOT) / TPOT * 100,
         # Warm-ups included: the CPU of the whole run over the tokens of the whole run.
         "cpu_s_per_1k_tokens": cpu / ((requests + conc) * tokens) * 1000,
-        "loop_lag_p99_ms": level["client"]["loop_lag_p99_s"] * 1000,
+        "client_cpu_percent": 100 * cpu / max(wall, 1e-9),
+        "wall_s": wall,
         "load_average": _load(),
     }
 
 
-def _vllm_level(venv: Path, port: int, conc: int, requests: int, tokens: int) -> dict | None:
-    exe = venv / "bin" / "vllm"
-    if not exe.exists():
-        return None
-    out = Path(tempfile.mkdtemp()) / "vllm.json"
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def _vllm_tokenizer(venv: Path, given: str | None) -> str:
+    """The tokenizer vLLM's client needs: the one given, or benchmarks/sim_tokenizer.py's
+    (word-level, counts like the simulator), written with the venv's own `tokenizers`."""
+    if given:
+        return given
+    out = Path(tempfile.mkdtemp(prefix="msmall-sim-tokenizer-"))
+    subprocess.run(
+        [str(venv / "bin" / "python"), str(BENCH_DIR / "sim_tokenizer.py"), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return str(out)
+
+
+def vllm_argv(
+    venv: Path, tokenizer: str, port: int, conc: int, requests: int, tokens: int, api: str
+) -> tuple[list[str], Path, Path]:
+    """`vllm bench serve` as benchmarks/vllm_bench_cpu.py runs it (that wrapper only times the
+    load phase's CPU), the result file and the CPU file."""
+    work = Path(tempfile.mkdtemp(prefix="msmall-vllm-bench-"))
+    result, cpu = work / "result.json", work / "cpu.json"
+    endpoint = (
+        ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions"]
+        if api == "chat"
+        else ["--backend", "openai", "--endpoint", "/v1/completions"]
+    )
     argv = [
-        str(exe), "bench", "serve", "--backend", "openai-chat", "--endpoint",
-        "/v1/chat/completions", "--base-url", f"http://127.0.0.1:{port}", "--model",
-        "mistral-small-3.1", "--tokenizer", "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
-        "--dataset-name", "random", "--random-input-len", "16", "--random-output-len",
-        str(tokens), "--ignore-eos", "--num-prompts", str(requests), "--max-concurrency",
-        str(conc), "--save-result", "--result-filename", str(out),
+        str(venv / "bin" / "python"), str(BENCH_DIR / "vllm_bench_cpu.py"), str(cpu),
+        "serve", *endpoint, "--base-url", f"http://127.0.0.1:{port}",
+        "--model", "mistral-small-3.1", "--tokenizer", tokenizer,
+        "--dataset-name", "random", "--random-input-len", "16",
+        "--random-output-len", str(tokens), "--ignore-eos", "--num-prompts", str(requests),
+        "--max-concurrency", str(conc), "--num-warmups", str(conc), "--disable-tqdm",
+        "--save-result", "--save-detailed", "--result-filename", str(result),
     ]  # fmt: skip
+    return argv, result, cpu
+
+
+def _vllm_level(
+    venv: Path, tokenizer: str, port: int, conc: int, requests: int, tokens: int, api: str
+) -> dict | None:
+    argv, result, cpu_file = vllm_argv(venv, tokenizer, port, conc, requests, tokens, api)
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
+    if proc.returncode != 0 or not result.exists():
+        print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
         return None
-    data = json.loads(out.read_text())
+    data = json.loads(result.read_text())
+    cpu = json.loads(cpu_file.read_text())
+    # Warm-ups (one per connection, like msmall's) stream tokens too: count them in the CPU.
+    streamed = data["total_output_tokens"] + conc * tokens
+    lens = sorted(set(data.get("output_lens") or []))
     return {
-        "tool": "vllm bench serve",
+        "tool": f"vllm bench serve ({api})",
         "concurrency": conc,
+        "requests": data["completed"],
+        "failed": data["failed"],
+        "output_lens": ",".join(str(n) for n in lens),
         "ttft_mean_s": data["mean_ttft_ms"] / 1000,
         "ttft_error_pct": (data["mean_ttft_ms"] / 1000 - TTFT) / TTFT * 100,
         "tpot_mean_s": data["mean_tpot_ms"] / 1000,
         "tpot_error_pct": (data["mean_tpot_ms"] / 1000 - TPOT) / TPOT * 100,
+        "cpu_s_per_1k_tokens": cpu["cpu_s"] / streamed * 1000,
+        "client_cpu_percent": 100 * cpu["cpu_s"] / max(cpu["wall_s"], 1e-9),
         "wall_s": time.perf_counter() - started,
         "load_average": _load(),
     }
@@ -121,12 +169,17 @@ def _vllm_level(venv: Path, port: int, conc: int, requests: int, tokens: int) ->
 
 def accuracy(args: argparse.Namespace) -> list[dict]:
     rows = []
+    levels = [int(c) for c in args.levels.split(",")]
+    apis = [a for a in args.vllm_api.split(",") if a]
+    venv = Path(args.vllm_venv) if args.vllm_venv else None
+    tokenizer = _vllm_tokenizer(venv, args.tokenizer) if venv else None
     engine, port = _sim()
     with _stopped_after(engine):
-        for conc in (1, 16, 64):
-            rows.append(_msmall_level(port, conc, max(8, conc * 2), 40))
-            if args.vllm_venv:
-                row = _vllm_level(Path(args.vllm_venv), port, conc, max(8, conc * 2), 40)
+        for conc in levels:
+            requests = max(8, conc * 2)
+            rows.append(_msmall_level(port, conc, requests, 40))
+            for api in apis if venv else ():
+                row = _vllm_level(venv, tokenizer, port, conc, requests, 40, api)
                 if row:
                     rows.append(row)
     return rows
@@ -301,6 +354,13 @@ def main() -> int:
     parser.add_argument("-c", "--concurrency", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--vllm-venv", default=None, help="a venv with vllm installed")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer dir for vLLM (default: sim_tokenizer.py's)"
+    )
+    parser.add_argument("--levels", default="1,16,64", help="accuracy: concurrency levels")
+    parser.add_argument(
+        "--vllm-api", default="chat", help="accuracy: chat, completions or chat,completions"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = {"accuracy": accuracy, "streams": streams, "stacks": stacks}[args.mode](args)
