@@ -268,6 +268,7 @@ def _type_error(kind: str, name: str, msg: str, value: Any) -> dict[str, Any]:
 
 class VllmDialect(Dialect):
     tool_id_style = "mistral"
+    finish_on_last_token = True
 
     def error(self, exc: ChatError) -> Response:
         return vllm_error(exc.message, exc.status, exc.kind, exc.param)
