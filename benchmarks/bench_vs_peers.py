@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from msmall.bench import metrics, runner
@@ -55,6 +56,35 @@ def _sim(*extra: str):
         "--ttft", str(TTFT), "--tpot", str(TPOT), "--max-num-seqs", "512",
         "--batch-slope", "0", *extra,
     )  # fmt: skip
+
+
+def _engine_ttft(port: int) -> tuple[float, float]:
+    """The simulator's own TTFT record (request bytes in -> first token out, engine.py):
+    vllm:time_to_first_token_seconds' sum and count from /metrics."""
+    import httpx
+
+    values = {"_sum": 0.0, "_count": 0.0}
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+    for line in text.splitlines():
+        for suffix in values:
+            if line.startswith(f"vllm:time_to_first_token_seconds{suffix}"):
+                values[suffix] = float(line.rsplit(" ", 1)[1])
+    return values["_sum"], values["_count"]
+
+
+def _with_engine_ttft(port: int, run) -> dict | None:
+    """Run one tool's level and add the engine's mean TTFT over the same requests (warm-ups
+    included) and the tool's mean TTFT minus it: what the client and the HTTP path add."""
+    sum0, n0 = _engine_ttft(port)
+    row = run()
+    sum1, n1 = _engine_ttft(port)
+    if row is None:
+        return None
+    engine = (sum1 - sum0) / max(1.0, n1 - n0)
+    row["engine_ttft_mean_s"] = engine
+    row["ttft_over_engine_ms"] = (row["ttft_mean_s"] - engine) * 1000
+    row["load_average"] = row.pop("load_average")
+    return row
 
 
 def _load() -> str:
@@ -177,9 +207,10 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
     with _stopped_after(engine):
         for conc in levels:
             requests = max(8, conc * 2)
-            rows.append(_msmall_level(port, conc, requests, 40))
+            rows.append(_with_engine_ttft(port, partial(_msmall_level, port, conc, requests, 40)))
             for api in apis if venv else ():
-                row = _vllm_level(venv, tokenizer, port, conc, requests, 40, api)
+                run = partial(_vllm_level, venv, tokenizer, port, conc, requests, 40, api)
+                row = _with_engine_ttft(port, run)
                 if row:
                     rows.append(row)
     return rows
