@@ -1,14 +1,24 @@
 """msmall bench against its peers, on the same simulator (a script, not CI).
 
-    python benchmarks/bench_vs_peers.py accuracy  [--vllm-venv DIR]   # TTFT/TPOT error at 1/16/64
+    python benchmarks/bench_vs_peers.py accuracy  [--vllm-venv DIR] [--tokenizer DIR]
+                                                  [--levels 1,16,64] [--vllm-api chat,completions]
     python benchmarks/bench_vs_peers.py streams   [-c 256]            # 256 streams at 50 tok/s
     python benchmarks/bench_vs_peers.py stacks    [-c 256]            # client HTTP stacks compared
 
 accuracy: the simulator runs with --ttft 0.2 --tpot 0.02 (batch slope 0: TPOT flat at any
 batch); `msmall bench` measures chat requests of 40 tokens (ignore_eos) at each level; the error
 of its TTFT/TPOT means against the injected values and its CPU per 1,000 streamed tokens are
-printed. With --vllm-venv (a venv where `vllm bench serve` runs), vLLM's client does the same
-(`--dataset-name random --random-output-len 40 --ignore-eos --max-concurrency C`).
+printed. With --vllm-venv (a venv with vllm, e.g. `pip install vllm==0.33.0`; its benchmark
+client runs without a GPU), vLLM's client does the same on the same simulator, right after
+msmall at each level: `vllm bench serve --backend openai-chat --endpoint /v1/chat/completions`
+(and/or the default `--backend openai --endpoint /v1/completions`, --vllm-api) with
+`--dataset-name random --random-input-len 16 --random-output-len 40 --ignore-eos
+--num-prompts N --max-concurrency C --num-warmups C --disable-tqdm`, run through
+benchmarks/vllm_bench_cpu.py, which times the CPU of its load phase only (not importing torch).
+Its tokenizer is --tokenizer, else benchmarks/sim_tokenizer.py's word-level one, written to a
+temp dir with the venv's python (no Hugging Face access needed). Each row also has the
+simulator's own mean TTFT over the same requests (/metrics), so what the client and the HTTP
+path add shows apart from what the server did.
 
 streams: C concurrent streams of 100 tokens at 0.02 s each (50 tokens/s per stream) for
 --seconds; prints the client's loop lag p99 and CPU (target: lag p99 < 5 ms).
@@ -171,12 +181,15 @@ def _vllm_level(
 ) -> dict | None:
     argv, result, cpu_file = vllm_argv(venv, tokenizer, port, conc, requests, tokens, api)
     started = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0 or not result.exists():
-        print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
-        return None
-    data = json.loads(result.read_text())
-    cpu = json.loads(cpu_file.read_text())
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0 or not result.exists():
+            print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+            return None
+        data = json.loads(result.read_text())
+        cpu = json.loads(cpu_file.read_text())
+    finally:
+        shutil.rmtree(result.parent, ignore_errors=True)
     # Warm-ups (one per connection, like msmall's) stream tokens too: count them in the CPU.
     streamed = data["total_output_tokens"] + conc * tokens
     lens = sorted(set(data.get("output_lens") or []))
@@ -204,6 +217,15 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
     venv = Path(args.vllm_venv) if args.vllm_venv else None
     tokenizer = _vllm_tokenizer(venv, args.tokenizer) if venv else None
     engine, port = _sim()
+    try:
+        _accuracy_levels(rows, engine, port, levels, apis, venv, tokenizer)
+    finally:
+        if venv and tokenizer != args.tokenizer:
+            shutil.rmtree(tokenizer, ignore_errors=True)
+    return rows
+
+
+def _accuracy_levels(rows, engine, port, levels, apis, venv, tokenizer) -> None:
     with _stopped_after(engine):
         for conc in levels:
             requests = max(8, conc * 2)
@@ -213,7 +235,6 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
                 row = _with_engine_ttft(port, run)
                 if row:
                     rows.append(row)
-    return rows
 
 
 def streams(args: argparse.Namespace) -> list[dict]:
