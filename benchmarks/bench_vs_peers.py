@@ -1,14 +1,24 @@
 """msmall bench against its peers, on the same simulator (a script, not CI).
 
-    python benchmarks/bench_vs_peers.py accuracy  [--vllm-venv DIR]   # TTFT/TPOT error at 1/16/64
+    python benchmarks/bench_vs_peers.py accuracy  [--vllm-venv DIR] [--tokenizer DIR]
+                                                  [--levels 1,16,64] [--vllm-api chat,completions]
     python benchmarks/bench_vs_peers.py streams   [-c 256]            # 256 streams at 50 tok/s
     python benchmarks/bench_vs_peers.py stacks    [-c 256]            # client HTTP stacks compared
 
 accuracy: the simulator runs with --ttft 0.2 --tpot 0.02 (batch slope 0: TPOT flat at any
 batch); `msmall bench` measures chat requests of 40 tokens (ignore_eos) at each level; the error
 of its TTFT/TPOT means against the injected values and its CPU per 1,000 streamed tokens are
-printed. With --vllm-venv (a venv where `vllm bench serve` runs), vLLM's client does the same
-(`--dataset-name random --random-output-len 40 --ignore-eos --max-concurrency C`).
+printed. With --vllm-venv (a venv with vllm, e.g. `pip install vllm==0.33.0`; its benchmark
+client runs without a GPU), vLLM's client does the same on the same simulator, right after
+msmall at each level: `vllm bench serve --backend openai-chat --endpoint /v1/chat/completions`
+(and/or the default `--backend openai --endpoint /v1/completions`, --vllm-api) with
+`--dataset-name random --random-input-len 16 --random-output-len 40 --ignore-eos
+--num-prompts N --max-concurrency C --num-warmups C --disable-tqdm`, run through
+benchmarks/vllm_bench_cpu.py, which times the CPU of its load phase only (not importing torch).
+Its tokenizer is --tokenizer, else benchmarks/sim_tokenizer.py's word-level one, written to a
+temp dir with the venv's python (no Hugging Face access needed). Each row also has the
+simulator's own mean TTFT over the same requests (/metrics), so what the client and the HTTP
+path add shows apart from what the server did.
 
 streams: C concurrent streams of 100 tokens at 0.02 s each (50 tokens/s per stream) for
 --seconds; prints the client's loop lag p99 and CPU (target: lag p99 < 5 ms).
@@ -32,6 +42,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from msmall.bench import metrics, runner
@@ -55,6 +66,35 @@ def _sim(*extra: str):
         "--ttft", str(TTFT), "--tpot", str(TPOT), "--max-num-seqs", "512",
         "--batch-slope", "0", "--disable-uvicorn-access-log", *extra,
     )  # fmt: skip
+
+
+def _engine_ttft(port: int) -> tuple[float, float]:
+    """The simulator's own TTFT record (request bytes in -> first token out, engine.py):
+    vllm:time_to_first_token_seconds' sum and count from /metrics."""
+    import httpx
+
+    values = {"_sum": 0.0, "_count": 0.0}
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+    for line in text.splitlines():
+        for suffix in values:
+            if line.startswith(f"vllm:time_to_first_token_seconds{suffix}"):
+                values[suffix] = float(line.rsplit(" ", 1)[1])
+    return values["_sum"], values["_count"]
+
+
+def _with_engine_ttft(port: int, run) -> dict | None:
+    """Run one tool's level and add the engine's mean TTFT over the same requests (warm-ups
+    included) and the tool's mean TTFT minus it: what the client and the HTTP path add."""
+    sum0, n0 = _engine_ttft(port)
+    row = run()
+    sum1, n1 = _engine_ttft(port)
+    if row is None:
+        return None
+    engine = (sum1 - sum0) / max(1.0, n1 - n0)
+    row["engine_ttft_mean_s"] = engine
+    row["ttft_over_engine_ms"] = (row["ttft_mean_s"] - engine) * 1000
+    row["load_average"] = row.pop("load_average")
+    return row
 
 
 def _load() -> str:
@@ -90,7 +130,7 @@ def _engine_means(port: int, before: dict) -> dict:
 def _msmall_level(port: int, conc: int, requests: int, tokens: int) -> dict:
     names = ("time_to_first_token_seconds", "request_time_per_output_token_seconds")
     before = {name: _histogram(port, name) for name in names}
-    cpu0 = time.process_time()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     result = run_bench(
         BenchOptions(
             target=f"http://127.0.0.1:{port}",
@@ -100,11 +140,16 @@ def _msmall_level(port: int, conc: int, requests: int, tokens: int) -> dict:
             input_tokens=16,
         )
     )
-    cpu = time.process_time() - cpu0
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     level = result["levels"][0]
+    per_request = level["output_tokens"] / max(1, level["requests"])
     return {
-        "tool": "msmall bench",
+        "tool": "msmall bench (chat)",
         "concurrency": conc,
+        "requests": level["requests"],
+        "failed": sum(level["errors"].values()),
+        # Mean tokens per measured request (exact when it is the asked number).
+        "output_lens": f"{per_request:g}",
         "ttft_mean_s": level["ttft_s"]["mean"],
         "ttft_error_pct": (level["ttft_s"]["mean"] - TTFT) / TTFT * 100,
         "tpot_mean_s": level["tpot_s"]["mean"],
@@ -112,37 +157,84 @@ def _msmall_level(port: int, conc: int, requests: int, tokens: int) -> dict:
         **_engine_means(port, before),
         # Warm-ups included: the CPU of the whole run over the tokens of the whole run.
         "cpu_s_per_1k_tokens": cpu / ((requests + conc) * tokens) * 1000,
+        "client_cpu_percent": 100 * cpu / max(wall, 1e-9),
         "loop_lag_p99_ms": level["client"]["loop_lag_p99_s"] * 1000,
+        "wall_s": wall,
         "load_average": _load(),
     }
 
 
-def _vllm_level(venv: Path, port: int, conc: int, requests: int, tokens: int) -> dict | None:
-    exe = venv / "bin" / "vllm"
-    if not exe.exists():
-        return None
-    out = Path(tempfile.mkdtemp()) / "vllm.json"
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def _vllm_tokenizer(venv: Path, given: str | None) -> str:
+    """The tokenizer vLLM's client needs: the one given, or benchmarks/sim_tokenizer.py's
+    (word-level, counts like the simulator), written with the venv's own `tokenizers`."""
+    if given:
+        return given
+    out = Path(tempfile.mkdtemp(prefix="msmall-sim-tokenizer-"))
+    subprocess.run(
+        [str(venv / "bin" / "python"), str(BENCH_DIR / "sim_tokenizer.py"), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return str(out)
+
+
+def vllm_argv(
+    venv: Path, tokenizer: str, port: int, conc: int, requests: int, tokens: int, api: str
+) -> tuple[list[str], Path, Path]:
+    """`vllm bench serve` as benchmarks/vllm_bench_cpu.py runs it (that wrapper only times the
+    load phase's CPU), the result file and the CPU file."""
+    work = Path(tempfile.mkdtemp(prefix="msmall-vllm-bench-"))
+    result, cpu = work / "result.json", work / "cpu.json"
+    endpoint = (
+        ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions"]
+        if api == "chat"
+        else ["--backend", "openai", "--endpoint", "/v1/completions"]
+    )
     argv = [
-        str(exe), "bench", "serve", "--backend", "openai-chat", "--endpoint",
-        "/v1/chat/completions", "--base-url", f"http://127.0.0.1:{port}", "--model",
-        "mistral-small-3.1", "--tokenizer", "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
-        "--dataset-name", "random", "--random-input-len", "16", "--random-output-len",
-        str(tokens), "--ignore-eos", "--num-prompts", str(requests), "--max-concurrency",
-        str(conc), "--save-result", "--result-filename", str(out),
+        str(venv / "bin" / "python"), str(BENCH_DIR / "vllm_bench_cpu.py"), str(cpu),
+        "serve", *endpoint, "--base-url", f"http://127.0.0.1:{port}",
+        "--model", "mistral-small-3.1", "--tokenizer", tokenizer,
+        "--dataset-name", "random", "--random-input-len", "16",
+        "--random-output-len", str(tokens), "--ignore-eos", "--num-prompts", str(requests),
+        "--max-concurrency", str(conc), "--num-warmups", str(conc), "--disable-tqdm",
+        "--save-result", "--save-detailed", "--result-filename", str(result),
     ]  # fmt: skip
+    return argv, result, cpu
+
+
+def _vllm_level(
+    venv: Path, tokenizer: str, port: int, conc: int, requests: int, tokens: int, api: str
+) -> dict | None:
+    argv, result, cpu_file = vllm_argv(venv, tokenizer, port, conc, requests, tokens, api)
     started = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
-        return None
-    data = json.loads(out.read_text())
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0 or not result.exists():
+            print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+            return None
+        data = json.loads(result.read_text())
+        cpu = json.loads(cpu_file.read_text())
+    finally:
+        shutil.rmtree(result.parent, ignore_errors=True)
+    # Warm-ups (one per connection, like msmall's) stream tokens too: count them in the CPU.
+    streamed = data["total_output_tokens"] + conc * tokens
+    lens = sorted(set(data.get("output_lens") or []))
     return {
-        "tool": "vllm bench serve",
+        "tool": f"vllm bench serve ({api})",
         "concurrency": conc,
+        "requests": data["completed"],
+        "failed": data["failed"],
+        "output_lens": ",".join(str(n) for n in lens),
         "ttft_mean_s": data["mean_ttft_ms"] / 1000,
         "ttft_error_pct": (data["mean_ttft_ms"] / 1000 - TTFT) / TTFT * 100,
         "tpot_mean_s": data["mean_tpot_ms"] / 1000,
         "tpot_error_pct": (data["mean_tpot_ms"] / 1000 - TPOT) / TPOT * 100,
+        "cpu_s_per_1k_tokens": cpu["cpu_s"] / streamed * 1000,
+        "client_cpu_percent": 100 * cpu["cpu_s"] / max(cpu["wall_s"], 1e-9),
         "wall_s": time.perf_counter() - started,
         "load_average": _load(),
     }
@@ -150,15 +242,29 @@ def _vllm_level(venv: Path, port: int, conc: int, requests: int, tokens: int) ->
 
 def accuracy(args: argparse.Namespace) -> list[dict]:
     rows = []
+    levels = [int(c) for c in args.levels.split(",")]
+    apis = [a for a in args.vllm_api.split(",") if a]
+    venv = Path(args.vllm_venv) if args.vllm_venv else None
+    tokenizer = _vllm_tokenizer(venv, args.tokenizer) if venv else None
     engine, port = _sim()
+    try:
+        _accuracy_levels(rows, engine, port, levels, apis, venv, tokenizer)
+    finally:
+        if venv and tokenizer != args.tokenizer:
+            shutil.rmtree(tokenizer, ignore_errors=True)
+    return rows
+
+
+def _accuracy_levels(rows, engine, port, levels, apis, venv, tokenizer) -> None:
     with _stopped_after(engine):
-        for conc in (1, 16, 64):
-            rows.append(_msmall_level(port, conc, max(8, conc * 2), 40))
-            if args.vllm_venv:
-                row = _vllm_level(Path(args.vllm_venv), port, conc, max(8, conc * 2), 40)
+        for conc in levels:
+            requests = max(8, conc * 2)
+            rows.append(_with_engine_ttft(port, partial(_msmall_level, port, conc, requests, 40)))
+            for api in apis if venv else ():
+                run = partial(_vllm_level, venv, tokenizer, port, conc, requests, 40, api)
+                row = _with_engine_ttft(port, run)
                 if row:
                     rows.append(row)
-    return rows
 
 
 def streams(args: argparse.Namespace) -> list[dict]:
@@ -330,6 +436,13 @@ def main() -> int:
     parser.add_argument("-c", "--concurrency", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--vllm-venv", default=None, help="a venv with vllm installed")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer dir for vLLM (default: sim_tokenizer.py's)"
+    )
+    parser.add_argument("--levels", default="1,16,64", help="accuracy: concurrency levels")
+    parser.add_argument(
+        "--vllm-api", default="chat", help="accuracy: chat, completions or chat,completions"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = {"accuracy": accuracy, "streams": streams, "stacks": stacks}[args.mode](args)

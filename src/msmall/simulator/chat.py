@@ -102,6 +102,9 @@ class Dialect:
     # vLLM's KV cache is paged (blocks taken as the answer grows, preemption when they run
     # out); Ollama's slots hold the whole answer from the start (engine.EngineModel).
     paged_kv = False
+    # A chat stream cut by the length limit puts its finish_reason on the last token's chunk
+    # (vLLM) instead of a chunk of its own after it (Ollama's /v1): see _stream.
+    finish_on_last_token = False
 
     def __init__(self, state: SimState) -> None:
         self.state = state
@@ -684,6 +687,7 @@ async def _stream(
             # Ollama (openai/openai.go ToStreamChunks, includeRole): the role only once.
             return {"role": "assistant", **delta} if first is None and step == 0 else delta
 
+        merged = False
         if completion.tool_calls:
             for step, delta in enumerate(dialect.tool_call_deltas(completion.tool_calls)):
                 if step:
@@ -694,12 +698,24 @@ async def _stream(
                     chunk = dialect.chunk(cid, chat, delta_of(step, delta), None, index)
                     yield sse(with_usage(chunk))
         else:
+            # vLLM (chat_completion/serving.py chat_completion_stream_generator): the engine
+            # output that hits max_tokens holds the last token's text and the finish_reason,
+            # streamed as one chunk; no empty chunk follows. vLLM's benchmark client counts a
+            # `content: ""` chunk without a role as a token (benchmarks/lib/
+            # endpoint_request_func.py _choice_has_streamed_output), so an extra one added an
+            # inter-token latency of ~0 to every `vllm bench serve --ignore-eos` request.
+            merged = (
+                dialect.finish_on_last_token
+                and completion.finish_reason == "length"
+                and bool(completion.deltas)
+            )
             for step, piece in enumerate(completion.deltas):
                 if step:
                     await seq.wait_next(state.stop)
                 generated += chat.n if piece else 0
                 seq.emitted()
-                if plain and (step or first is not None):
+                final = merged and step == len(completion.deltas) - 1
+                if plain and (step or first is not None) and not final:
                     for index in choices:
                         yield templated(
                             index,
@@ -708,7 +724,10 @@ async def _stream(
                     continue
                 for index in choices:
                     delta = delta_of(step, {"content": piece})
-                    chunk = dialect.chunk(cid, chat, delta, None, index)
+                    finish = completion.finish_reason if final else None
+                    chunk = dialect.chunk(cid, chat, delta, finish, index)
+                    if final and "stop_reason" in chunk["choices"][0]:
+                        chunk["choices"][0]["stop_reason"] = completion.stop_reason
                     if chat.logprobs:
                         chunk["choices"][0]["logprobs"] = {
                             "content": logprobs_content([piece], chat.top_logprobs)
@@ -716,11 +735,14 @@ async def _stream(
                     yield sse(with_usage(chunk))
         await _eos_step(state, seq, completion)
         generated = completion.completion_tokens * chat.n
-        for index in choices:
-            chunk = dialect.chunk(cid, chat, dialect.last_delta(), completion.finish_reason, index)
-            if "stop_reason" in chunk["choices"][0]:
-                chunk["choices"][0]["stop_reason"] = completion.stop_reason
-            yield sse(with_usage(chunk))
+        if not merged:
+            for index in choices:
+                chunk = dialect.chunk(
+                    cid, chat, dialect.last_delta(), completion.finish_reason, index
+                )
+                if "stop_reason" in chunk["choices"][0]:
+                    chunk["choices"][0]["stop_reason"] = completion.stop_reason
+                yield sse(with_usage(chunk))
     if chat.include_usage:
         yield sse(dialect.usage_chunk(cid, chat, usage(chat, completion)))
     yield sse("[DONE]")

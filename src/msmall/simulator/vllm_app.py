@@ -611,6 +611,7 @@ class VllmDialect(Dialect):
     tool_id_style = "mistral"
     counts_eos = True
     paged_kv = True
+    finish_on_last_token = True
 
     def error(self, exc: ChatError) -> Response:
         return vllm_error(exc.message, exc.status, exc.kind, exc.param)
