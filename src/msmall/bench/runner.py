@@ -36,7 +36,11 @@ from msmall.bench.client import Connection, HttpError, SSEParser, Target
 # Above these the client's own delay is a visible share of a fast engine's TPOT (10-20 ms).
 LAG_LIMIT_S = 0.005
 CPU_LIMIT_PERCENT = 85.0
-LAG_TICK_S = 0.005
+# The lag ticker's period. Each tick's lateness is a sample; a longer period only means fewer
+# samples (40/s), not a coarser one. Every wake-up costs ~0.16 ms of CPU on this 2-core VM: at
+# 5 ms the ticker alone was 31 ms of CPU a second, which made msmall's client dearer than
+# `vllm bench serve` at one stream (docs/benchmarks.md).
+LAG_TICK_S = 0.025
 REQUEST_TIMEOUT_S = 600.0
 _DECODER = json.JSONDecoder()
 _CONTENT = b'"delta":{"content":"'
