@@ -74,9 +74,7 @@ def why_not_runnable() -> str | None:
         # podman builds the pod's infra (pause) image from catatonit when it cannot pull one.
         missing.append("catatonit")
     if missing:
-        return (
-            f"{', '.join(missing)} not found: `apt-get install -y podman catatonit slirp4netns`"
-        )
+        return f"{', '.join(missing)} not found: `apt-get install -y podman catatonit slirp4netns`"
     return None
 
 
@@ -161,7 +159,9 @@ class Podman:
             for p in psutil.process_iter(["pid", "cmdline"])
             if marker in " ".join(p.info["cmdline"] or [])
         ]
-        found += [line for line in Path("/proc/self/mounts").read_text().splitlines() if marker in line]
+        found += [
+            line for line in Path("/proc/self/mounts").read_text().splitlines() if marker in line
+        ]
         return found
 
 
