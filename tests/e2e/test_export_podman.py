@@ -57,6 +57,7 @@ docker_daemon = pytest.importorskip(
 IMAGES = (*docker_daemon.VLLM_TAGS[:1], *docker_daemon.OLLAMA_TAGS)
 STORE = docker_daemon.CACHE_DIR / "podman-images"
 LOAD_TIMEOUT_S = 300.0
+LOCK_WAIT_S = docker_daemon.LOCK_WAIT_S
 PODMAN_TIMEOUT_S = 120.0
 READY_WITHIN_S = 60.0
 CATATONIT = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
@@ -211,16 +212,23 @@ def image_store(request: pytest.FixtureRequest) -> Iterator[Path]:
     Fixed paths inside it (podman's database records its run root and tmp dir and refuses
     others); no container ever runs from it directly, so a run root on disk is harmless.
     """
-    with docker_daemon.file_lock(STORE.with_name("podman-images.lock"), docker_daemon.LOCK_WAIT_S):
-        store = Podman(STORE, image_store=None)
-        key = docker_daemon.image_key()
-        keys = _image_keys(store)
-        if any(keys.get(f"docker.io/{ref}") != key for ref in IMAGES):
-            # Stale or empty: only now is the private dockerd needed (it builds the stand-ins).
-            _fill_store(store, request.getfixturevalue("nvidia_dockerd"))
-            keys = _image_keys(store)
-        assert all(keys.get(f"docker.io/{ref}") == key for ref in IMAGES), keys
-        yield STORE / "root"
+    key = docker_daemon.image_key()
+    dockerd = None
+    while True:
+        with docker_daemon.file_lock(STORE.with_name("podman-images.lock"), LOCK_WAIT_S):
+            store = Podman(STORE, image_store=None)
+            stale = any(_image_keys(store).get(f"docker.io/{ref}") != key for ref in IMAGES)
+            if not stale or dockerd is not None:
+                if stale:
+                    _fill_store(store, dockerd)
+                keys = _image_keys(store)
+                assert all(keys.get(f"docker.io/{ref}") == key for ref in IMAGES), keys
+                yield STORE / "root"
+                return
+        # Stale or empty: only now is the private dockerd needed (it builds the stand-ins).
+        # Taken with our lock released: the dockerd's lock always comes first, so two sessions
+        # never wait on each other's lock.
+        dockerd = request.getfixturevalue("nvidia_dockerd")
 
 
 @pytest.fixture
