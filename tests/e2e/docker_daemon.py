@@ -17,7 +17,10 @@ access, so it neither sees nor disturbs a Docker the machine may already run:
 `ensure_stand_in_image` builds (or finds in the cache) `vllm/vllm-openai:v0.33.0` and `-cu129`: a
 Debian bookworm rootfs made by debootstrap and imported with `docker import`, msmall installed
 from wheels built on the host, and an entrypoint `vllm serve` that parses vLLM's arguments like
-tests/fakes/fake_vllm.py and runs msmall's simulator on port 8000.
+tests/fakes/fake_vllm.py and runs msmall's simulator on port 8000. On top of it, one small layer
+makes `ollama/ollama:latest`: docker_image/ollama as /bin/ollama (`serve` runs the simulator's
+Ollama flavor; `list` and `pull` are the client calls msmall's exported files make), with the
+entrypoint, command and OLLAMA_HOST of ollama's own Dockerfile.
 
 Cache (outside the clone, `MSMALL_TEST_CACHE`, default /var/cache/msmall-tests): the rootfs
 tarball, the dependency wheels (keyed by the project's version and declared dependencies), and the
@@ -57,10 +60,15 @@ FAKE_VLLM = REPO_ROOT / "tests" / "fakes" / "fake_vllm.py"
 
 CACHE_DIR = Path(os.environ.get("MSMALL_TEST_CACHE", "/var/cache/msmall-tests"))
 VLLM_TAGS = ("vllm/vllm-openai:v0.33.0", "vllm/vllm-openai:v0.33.0-cu129")
+OLLAMA_TAGS = ("ollama/ollama:latest",)
 STAND_IN_REPO = "msmall-test/vllm-stand-in"
+OLLAMA_STAND_IN_REPO = "msmall-test/ollama-stand-in"
 BASE_REPO = "msmall-test/bookworm-python"
-# debootstrap's arguments are the rootfs's cache key.
-DEBOOTSTRAP_ARGS = ("--variant=minbase", "--include=python3,python3-venv", "bookworm")
+# debootstrap's arguments are the rootfs's cache key. curl: vLLM's image has it (the vllm-base
+# stage of vllm-project/vllm docker/Dockerfile apt-installs "git curl wget sudo vim
+# python3-pip"), and podman's `kube play` runs an httpGet probe as `curl -f` inside the container
+# (podman pkg/specgen/generate/kube/kube.go, probeToHealthConfig).
+DEBOOTSTRAP_ARGS = ("--variant=minbase", "--include=python3,python3-venv,curl", "bookworm")
 DEBIAN_MIRROR = os.environ.get("MSMALL_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 LABEL_KEY = "msmall.test-image-key"
 
@@ -505,7 +513,7 @@ def image_key() -> str:
     # msmall's own code is in the image too: a change rebuilds only that layer.
     return _short_hash(
         rootfs_key(), deps_key(), _tree_hash(REPO_ROOT / "src", REPO_ROOT / "pyproject.toml"),
-        _tree_hash(FAKE_VLLM, IMAGE_FILES), DOCKERFILE,
+        _tree_hash(FAKE_VLLM, IMAGE_FILES), DOCKERFILE, OLLAMA_DOCKERFILE,
     )  # fmt: skip
 
 
@@ -601,8 +609,37 @@ ENTRYPOINT ["vllm", "serve"]
 """
 
 
+# ollama's Dockerfile (github.com/ollama/ollama, the last stage): /bin/ollama, ENTRYPOINT
+# ["/bin/ollama"], CMD ["serve"], OLLAMA_HOST=0.0.0.0:11434, on an Ubuntu with ca-certificates
+# only, so no curl: the layer takes out the curl the vLLM stand-in has.
+OLLAMA_DOCKERFILE = """\
+FROM {base}
+COPY ollama /bin/ollama
+RUN chmod 755 /bin/ollama && rm -f /usr/bin/curl
+ENV OLLAMA_HOST=0.0.0.0:11434 NVIDIA_VISIBLE_DEVICES=all
+EXPOSE 11434
+LABEL {label}={key}
+ENTRYPOINT ["/bin/ollama"]
+CMD ["serve"]
+"""
+
+
+def _build(cli, context: Path, tag: str):
+    import docker
+
+    try:
+        image, _ = cli.images.build(
+            path=str(context), tag=tag, rm=True, forcerm=True, network_mode="none"
+        )
+    except docker.errors.BuildError as exc:
+        log = "".join(str(e.get("stream", e)) for e in exc.build_log)[-1500:]
+        raise CannotRun(f"building the stand-in image {tag} failed: {exc}\n{log}") from None
+    return image
+
+
 def ensure_stand_in_image(daemon: PrivateDaemon) -> BuildReport:
-    """Tag the stand-in image as vllm/vllm-openai:v0.33.0 and -cu129, building what is missing."""
+    """Tag the stand-in images as vllm/vllm-openai:v0.33.0 and -cu129, and ollama/ollama:latest,
+    building what is missing."""
     import docker
 
     started = time.monotonic()
@@ -624,18 +661,28 @@ def ensure_stand_in_image(daemon: PrivateDaemon) -> BuildReport:
                 (context / "Dockerfile").write_text(
                     DOCKERFILE.format(base=base, wheel=wheel.name, label=LABEL_KEY, key=key)
                 )
-                try:
-                    image, _ = cli.images.build(
-                        path=str(context), tag=tag, rm=True, forcerm=True, network_mode="none"
-                    )
-                except docker.errors.BuildError as exc:
-                    log = "".join(str(e.get("stream", e)) for e in exc.build_log)[-1500:]
-                    raise CannotRun(f"building the stand-in image failed: {exc}\n{log}") from None
+                image = _build(cli, context, tag)
             built.append("image")
-            _prune_old_images(cli, keep=tag)
+            _prune_old_images(cli, STAND_IN_REPO, keep=tag)
         for ref in VLLM_TAGS:
             repo, _, version = ref.partition(":")
             image.tag(repo, version)
+        ollama_tag = f"{OLLAMA_STAND_IN_REPO}:{key}"
+        try:
+            ollama = cli.images.get(ollama_tag)
+        except docker.errors.ImageNotFound:
+            with tempfile.TemporaryDirectory(prefix="context-", dir=CACHE_DIR) as ctx:
+                context = Path(ctx)
+                shutil.copy2(IMAGE_FILES / "ollama", context / "ollama")
+                (context / "Dockerfile").write_text(
+                    OLLAMA_DOCKERFILE.format(base=tag, label=LABEL_KEY, key=key)
+                )
+                ollama = _build(cli, context, ollama_tag)
+            built.append("ollama image")
+            _prune_old_images(cli, OLLAMA_STAND_IN_REPO, keep=ollama_tag)
+        for ref in OLLAMA_TAGS:
+            repo, _, version = ref.partition(":")
+            ollama.tag(repo, version)
     report = BuildReport(image.id, built, round(time.monotonic() - started, 1))
     with contextlib.suppress(OSError):
         partial = CACHE_DIR / "last-build.json.partial"
@@ -644,11 +691,11 @@ def ensure_stand_in_image(daemon: PrivateDaemon) -> BuildReport:
     return report
 
 
-def _prune_old_images(cli, keep: str) -> None:
+def _prune_old_images(cli, repository: str, keep: str) -> None:
     """Stand-in images of earlier keys: the cache keeps one."""
     import docker
 
-    for image in cli.images.list(name=STAND_IN_REPO):
+    for image in cli.images.list(name=repository):
         if keep not in image.tags:
             for ref in image.tags:
                 with contextlib.suppress(docker.errors.APIError):

@@ -1,7 +1,11 @@
 """`msmall export compose` really runs: Debian's docker-compose brings the file up against the
-private real Docker Engine with the stand-in vLLM image and the stand-in NVIDIA hook
+private real Docker Engine with the stand-in images and the stand-in NVIDIA hook
 (tests/e2e/docker_daemon.py, from the real-Docker tests), the health check goes healthy, msmall's
 smoke checks pass through the published port, and `docker-compose down` leaves nothing.
+
+Two profiles: a vLLM one (the `vllm/vllm-openai` stand-in) and an Ollama one (the
+`ollama/ollama` stand-in: the simulator's Ollama flavor behind a stand-in `ollama` CLI), where
+the one-shot pull service must pull the model into the server's volume before the smoke checks.
 
 Skipped, with the reason, where that daemon cannot run (not root, no docker.io, no
 docker-compose) or where docker_daemon.py is not in this tree.
@@ -27,8 +31,12 @@ docker_daemon = pytest.importorskip(
     "docker_daemon", reason="tests/e2e/docker_daemon.py (the real-Docker tests) is not here"
 )
 
+# Docker 20.10 runs the first health check one interval (30 s in the exported files) after the
+# start, so healthy takes a little over 30 s.
 HEALTHY_WITHIN_S = 120.0
+PULLED_WITHIN_S = 60.0
 PROJECT = "msmallexporttest"
+PROJECT_LABEL = f"com.docker.compose.project={PROJECT}"
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +59,57 @@ def _compose(directory: Path, env: dict[str, str], *args: str, timeout: float = 
     return proc.stdout
 
 
-def _health(daemon, service_label: str) -> str | None:
+def _state(daemon, label: str) -> dict | None:
     with contextlib.closing(daemon.client()) as cli:
-        found = cli.containers.list(all=True, filters={"label": service_label})
-        if not found:
-            return None
-        state = found[0].attrs["State"]
-        return state.get("Health", {}).get("Status") or state.get("Status")
+        found = cli.containers.list(all=True, filters={"label": label})
+        return found[0].attrs["State"] if found else None
+
+
+def _wait_healthy(daemon, label: str) -> str | None:
+    deadline = time.monotonic() + HEALTHY_WITHIN_S
+    status = None
+    while time.monotonic() < deadline:
+        state = _state(daemon, label) or {}
+        status = state.get("Health", {}).get("Status") or state.get("Status")
+        if status in ("healthy", "unhealthy", "exited", "dead"):
+            break
+        time.sleep(1)
+    return status
+
+
+def _export(profile: str, port: int, out: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run(
+        msmall_cmd("export", "compose", "-p", profile, "--port", str(port), "-o", str(out)),
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return (out / "compose.yaml").read_text()
+
+
+def _smoke(port: int, env: dict[str, str]) -> None:
+    smoke = subprocess.run(
+        msmall_cmd("health", f"http://127.0.0.1:{port}"),
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+
+
+def _assert_nothing_left(daemon) -> None:
+    with contextlib.closing(daemon.client()) as cli:
+        assert cli.containers.list(all=True, filters={"label": PROJECT_LABEL}) == []
+        assert cli.containers.list(all=True, filters={"label": "msmall.profile"}) == []
+        left = [n.name for n in cli.networks.list() if n.name.startswith(PROJECT)]
+        assert left == []
+        volumes = cli.volumes.list(filters={"label": PROJECT_LABEL})
+        assert [v.name for v in volumes] == []
+
+
+def _hook_saw(daemon, label: str) -> bool:
+    """The stand-in NVIDIA hook ran for the container with LABEL (the compose GPU reservation
+    reached it, as `--gpus` does for `serve`)."""
+    with contextlib.closing(daemon.client()) as cli:
+        ids = {c.id for c in cli.containers.list(all=True, filters={"label": label})}
+    return any(call.get("id") in ids for call in daemon.hook_calls())
 
 
 def test_compose_up_goes_healthy_serves_and_down_leaves_nothing(
@@ -65,34 +117,51 @@ def test_compose_up_goes_healthy_serves_and_down_leaves_nothing(
 ) -> None:
     out = tmp_path / "deploy"
     env = {**os.environ, "DOCKER_HOST": dockerd.docker_host, "HF_TOKEN": "hf_compose_test_4321"}
-    proc = subprocess.run(
-        msmall_cmd("export", "compose", "-p", "h100-bf16-vision", "--port", str(free_port),
-                   "-o", str(out)),
-        capture_output=True, text=True, timeout=120, env=env, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "hf_compose_test_4321" not in (out / "compose.yaml").read_text()
+    assert "hf_compose_test_4321" not in _export("h100-bf16-vision", free_port, out, env)
     try:
         _compose(out, env, "up", "-d")
         label = "msmall.deployment=h100-bf16-vision"
-        deadline = time.monotonic() + HEALTHY_WITHIN_S
-        status = None
-        while time.monotonic() < deadline:
-            status = _health(dockerd, label)
-            if status in ("healthy", "unhealthy", "exited", "dead"):
-                break
-            time.sleep(1)
+        status = _wait_healthy(dockerd, label)
         assert status == "healthy", f"health {status}: {_compose(out, env, 'logs', '--tail', '20')}"
-        # The GPU reservation reached the NVIDIA hook, as `--gpus all` does for `serve`.
-        assert dockerd.hook_calls(), "the stand-in NVIDIA hook saw no GPU request"
-        smoke = subprocess.run(
-            msmall_cmd("health", f"http://127.0.0.1:{free_port}"),
-            capture_output=True, text=True, timeout=120, env=env, check=False,
-        )  # fmt: skip
-        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+        assert _hook_saw(dockerd, label), "the stand-in NVIDIA hook saw no GPU request"
+        _smoke(free_port, env)
     finally:
         _compose(out, env, "down", "--volumes", "--remove-orphans")
-    with contextlib.closing(dockerd.client()) as cli:
-        assert cli.containers.list(all=True, filters={"label": "msmall.profile"}) == []
-        left = [n.name for n in cli.networks.list() if n.name.startswith(PROJECT)]
-        assert left == []
+    _assert_nothing_left(dockerd)
+
+
+def test_ollama_compose_pulls_the_model_serves_and_down_leaves_nothing(
+    dockerd, tmp_path: Path, free_port: int
+) -> None:
+    import httpx
+    import yaml
+
+    out = tmp_path / "deploy"
+    env = {**os.environ, "DOCKER_HOST": dockerd.docker_host}
+    services = yaml.safe_load(_export("4090-q4", free_port, out, env))["services"]
+    assert services["msmall-4090-q4-pull"]["command"][0] == "pull"
+    tag = services["msmall-4090-q4-pull"]["command"][1]
+    try:
+        # `up -d` returns once the server is healthy and the pull service has started: the pull
+        # service waits on `condition: service_healthy`.
+        _compose(out, env, "up", "-d", timeout=HEALTHY_WITHIN_S + 60)
+        label = "msmall.deployment=4090-q4"
+        status = _wait_healthy(dockerd, label)
+        assert status == "healthy", f"health {status}: {_compose(out, env, 'logs', '--tail', '20')}"
+        assert _hook_saw(dockerd, label), "the stand-in NVIDIA hook saw no GPU request"
+        # The one-shot pull service reached the server by its service name and pulled the tag.
+        pull_label = "com.docker.compose.service=msmall-4090-q4-pull"
+        deadline = time.monotonic() + PULLED_WITHIN_S
+        state = _state(dockerd, pull_label) or {}
+        while state.get("Status") != "exited" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            state = _state(dockerd, pull_label) or {}
+        logs = _compose(out, env, "logs", "--no-color", "msmall-4090-q4-pull")
+        assert state.get("Status") == "exited" and state.get("ExitCode") == 0, logs
+        assert "success" in logs
+        tags = httpx.get(f"http://127.0.0.1:{free_port}/api/tags", timeout=10).json()
+        assert [m["name"] for m in tags["models"]] == [tag]
+        _smoke(free_port, env)
+    finally:
+        _compose(out, env, "down", "--volumes", "--remove-orphans")
+    _assert_nothing_left(dockerd)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 FILENAME = "compose.yaml"
 OLLAMA_IMAGE = "ollama/ollama:latest"
-# The vllm/vllm-openai image has Python but no curl; the probe needs nothing else.
+# Python, not curl: vLLM's image has both (docker/Dockerfile, vllm-base), but the server needs
+# Python, so the probe depends on nothing else.
 _PY_HEALTH = (
     "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=5)"
 )
