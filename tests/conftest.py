@@ -120,7 +120,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # worker: a second worker's daemon would wait on the first one's data-root lock for the
     # whole session. Without xdist the marker does nothing.
     for item in items:
-        if "nvidia_dockerd" in getattr(item, "fixturenames", ()):
+        # The marker too: a test may reach the daemon through getfixturevalue().
+        if "nvidia_dockerd" in getattr(item, "fixturenames", ()) or item.get_closest_marker(
+            "docker"
+        ):
             item.add_marker(pytest.mark.xdist_group("docker"))
 
 

@@ -31,7 +31,7 @@ from msmall.simulator.chat import (
     prepare,
     stream_tokens,
 )
-from msmall.simulator.vllm_app import (
+from msmall.simulator.vllm_validation import (
     VLLMValidationError,
     _bad,
     _type_error,
