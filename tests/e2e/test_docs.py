@@ -53,7 +53,12 @@ def test_readme_first_command_is_the_demo() -> None:
     assert "msmall serve --profile demo --check" in blocks[0]
     assert "pytest" in blocks[1]
     ci = (REPO_ROOT / ".ci" / "run").read_text()
-    assert "python -m pytest -q" in ci and "python -m pytest -q" in blocks[1]
-    # The command runs the whole suite: no path or -k narrows it to a part.
     command = next(line for line in blocks[1].splitlines() if "python -m pytest" in line)
-    assert command.split("python -m pytest", 1)[1].split() == ["-q"], command
+    args = command.split("python -m pytest", 1)[1].split()
+    ci_command = next(
+        line for line in ci.splitlines() if line.strip().startswith("python -m pytest")
+    )
+    assert ci_command.split("python -m pytest", 1)[1].split() == args, "CI runs another command"
+    # The command runs the whole suite: no path, -k or -m narrows it to a part; only output
+    # and the xdist workers are chosen.
+    assert args == ["-q", "-n", "4", "--dist", "loadgroup"], command
