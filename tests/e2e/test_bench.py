@@ -21,6 +21,10 @@ from conftest import msmall_cmd
 from msmall.bench.session import BenchOptions, run_bench
 from msmall.simulator.harness import start_simulator
 
+# Timing tests run one after another in one xdist worker: two of them at once would each
+# measure the other's load (tests/conftest.py groups the Docker tests the same way).
+pytestmark = pytest.mark.xdist_group("timing")
+
 TTFT, TPOT, TOKENS = 0.2, 0.02, 20
 
 
@@ -92,7 +96,8 @@ def test_ttft_tpot_and_token_counts(sim: int, concurrency: int) -> None:
     # The engine stamps its first token before starlette and uvicorn write it: with 64 first
     # chunks due at once the last is on the wire tens of ms after its stamp. The client's own
     # loop lag (under 5 ms when not flagged) bounds how late the client read them.
-    gap_tol = {1: 0.01, 16: 0.05, 64: 0.30}[concurrency]
+    # Beside a CPU hog with three other xdist workers: +2.4 ms (1 stream), +10.6 ms (16).
+    gap_tol = {1: 0.02, 16: 0.10, 64: 0.30}[concurrency]
     assert abs(client_ttft - server_ttft) < gap_tol * TTFT, (client_ttft, server_ttft)
     # Against the injected value: +1.1-2.2% at one stream measured (the engine adds 2-4 ms).
     assert abs(client_ttft - TTFT) / TTFT < {1: 0.03, 16: 0.15, 64: 0.40}[concurrency]

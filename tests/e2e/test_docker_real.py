@@ -82,6 +82,12 @@ def plain_dockerd() -> Iterator[PrivateDaemon]:
         yield daemon
     finally:
         _teardown(daemon)
+    # Checked here, not in a test: in random order (pytest-randomly) a test that stopped the
+    # daemon could run before the others that need it. Afterwards no dockerd, containerd, shim
+    # or docker-proxy of it runs and its bridge is gone; a failure here is a teardown error.
+    assert daemon.leftover_processes() == []
+    assert not bridge_exists(daemon.bridge)
+    assert not daemon.socket.exists()
 
 
 def _own_cleanup(daemon: PrivateDaemon) -> Iterator[PrivateDaemon]:
@@ -566,7 +572,7 @@ def test_a_stale_container_with_the_name(dockerd: PrivateDaemon, free_port: int)
 
 
 # ---------------------------------------------------------------------------------------------
-# Last: nothing is left, in the daemons or on the machine
+# Nothing is left in the daemons between tests (and on the machine at their teardown)
 
 
 def test_nothing_is_left_behind(
@@ -578,11 +584,5 @@ def test_nothing_is_left_behind(
             assert cli.containers.list(all=True) == []
             assert {n.name for n in cli.networks.list()} == DEFAULT_NETWORKS
         assert daemon.leftover_processes()  # dockerd and its containerd, still up now
-    # The teardown, done here for the daemon only this file uses so it can be asserted:
-    # afterwards no dockerd, containerd, shim or docker-proxy of it runs and its bridge is gone.
-    # The toolkit daemon is shared with other files (tests/conftest.py); its session teardown
-    # makes the same checks (teardown_checked) and fails the session if anything is left.
-    _teardown(plain_dockerd)
-    assert plain_dockerd.leftover_processes() == []
-    assert not bridge_exists(plain_dockerd.bridge)
-    assert not plain_dockerd.socket.exists()
+    # What each daemon leaves on the machine is checked at its teardown: plain_dockerd's above,
+    # the shared toolkit daemon's in its session teardown (tests/conftest.py, teardown_checked).

@@ -21,6 +21,10 @@ import pytest
 from msmall.simulator.harness import EngineProcess
 from test_sim_clients import MODEL, start_sim
 
+# Timing tests run one after another in one xdist worker: two of them at once would each
+# measure the other's load (tests/conftest.py groups the Docker tests the same way).
+pytestmark = pytest.mark.xdist_group("timing")
+
 TTFT, TPOT, TOKENS = 0.2, 0.02, 40
 
 
@@ -96,7 +100,9 @@ def test_ttft_and_tpot_match_the_injected_values(timed, concurrency: int) -> Non
     # only see the event loop's wake-up lateness. On this project's shared 2-core machine at
     # load 4-8 they stayed within 1-3% at 1 and 16 streams and within 5-16% at 64; the bounds
     # hold there and still catch the old per-token sleep, which compounded every late wake-up.
-    tolerance = 0.05 if concurrency < 64 else 0.25
+    # Beside a CPU hog with three other xdist workers (issue 14's check) the simulator's TTFT
+    # at one stream read +6%: 10% there, still far from a queued request (+100%).
+    tolerance = 0.10 if concurrency < 64 else 0.25
     assert abs(tpot - TPOT) / TPOT < tolerance, (tpot, results)
     server_ttft = (after[0] - before[0]) / (after[1] - before[1])
     assert abs(server_ttft - TTFT) / TTFT < tolerance, server_ttft
