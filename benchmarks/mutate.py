@@ -318,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rev", help="mutate the tree of this git commit instead of the work tree")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression for every run")
     parser.add_argument(
+        "--rerun",
+        type=Path,
+        help="a --json result of the same module, seed and --max: keep its killed mutants as "
+        "killed and run only its survivors (valid when tests were only added since)",
+    )
+    parser.add_argument(
         "--lines",
         help="only mutate these line ranges, e.g. 120-180,300-340 (the part of a module under audit)",
     )
@@ -354,6 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(sites)} mutants", file=sys.stderr)
         return 0
 
+    previous: dict[int, str] = {}
+    if args.rerun:
+        old = json.loads(args.rerun.read_text(encoding="utf-8"))
+        mine = {(m.index, m.line, m.description) for m, _ in sites}
+        theirs = {(r["index"], r["line"], r["description"]) for r in old["results"]}
+        if old["module"] != str(rel) or mine != theirs:
+            print(f"{args.rerun} is not a run of the same mutants of {rel}; stopping")
+            return 2
+        previous = {r["index"]: r["status"] for r in old["results"]}
     extra = ["-k", args.keyword] if args.keyword else []
     with tempfile.TemporaryDirectory(prefix="msmall-mutate-") as tmp:
         work = Path(tmp)
@@ -366,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rel}: {len(sites)} mutants; unmutated run {seconds:.1f} s", flush=True)
         try:
             for n, (mutant, path) in enumerate(sites, 1):
+                if previous.get(mutant.index) in ("killed", "timeout"):
+                    # More tests cannot let a killed mutant survive: not run again.
+                    mutant.status = previous[mutant.index]
+                    continue
                 mutated = apply_mutant(tree, path[0])
                 target.write_text(ast.unparse(mutated) + "\n", encoding="utf-8")
                 mutant.status, mutant.seconds = run_tests(work, args.tests, args.timeout, extra)
@@ -394,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                     "tests": args.tests,
                     "seed": args.seed,
                     "lines": args.lines,
+                    "rerun_of": str(args.rerun) if args.rerun else None,
                     "mutants": len(done),
                     "killed": len(killed),
                     "kill_rate": round(rate, 1),
