@@ -131,3 +131,42 @@ def test_total_deadline_per_request(timeout: float, deadline: float) -> None:
 )
 def test_public_url_never_shows_credentials(url: str, shown: str) -> None:
     assert health.public_url(url) == shown
+
+
+# ---------------------------------------------------------------------------------------------
+# The stream check's reading of server-sent events
+
+
+def _stream(chunks: list[bytes]):
+    from helpers import ScriptedServer
+
+    with ScriptedServer() as s:
+        s.routes[("POST", "/v1/chat/completions")] = (200, chunks)
+        with health._client(s.url, None, 30.0) as client:
+            return health.check_stream(client, "m")
+
+
+def test_stream_of_exactly_the_size_cap_is_read() -> None:
+    """4,194,304 bytes in all (SSE comment lines as padding, one text event, `data: [DONE]` as
+    the last line) is at the cap, not over it: the check passes. One byte more is refused."""
+    event = b'data: {"choices": [{"index": 0, "delta": {"content": "1"}}]}\n\n'
+    done = b"data: [DONE]\n"
+    pad = 4 * 1024 * 1024 - len(event) - len(done)
+    # 1 KiB comment lines, the last one shorter.
+    line = b":" + b"x" * 1022 + b"\n"
+    rest = pad % len(line)
+    padding = line * (pad // len(line)) + (b":" + b"x" * (rest - 2) + b"\n" if rest else b"")
+    body = padding + event + done
+    assert len(body) == 4194304
+    result = _stream([body])
+    assert (result.ok, result.detail.split(",")[0]) == (True, "1 chunks")
+    over = _stream([b":\n" + body[1:] + b"\n"])  # 4,194,305 bytes
+    assert not over.ok
+    assert over.detail == "the stream sent too much data"
+
+
+def test_sse_data_without_a_space_is_read() -> None:
+    """The SSE spec makes the space after `data:` optional (a proxy may drop it)."""
+    result = _stream([b'data:{"choices": [{"index": 0, "delta": {"content": "1"}}]}\n\n',
+                      b"data:[DONE]\n\n"])  # fmt: skip
+    assert result.ok, result.detail
