@@ -170,3 +170,54 @@ def test_sse_data_without_a_space_is_read() -> None:
     result = _stream([b'data:{"choices": [{"index": 0, "delta": {"content": "1"}}]}\n\n',
                       b"data:[DONE]\n\n"])  # fmt: skip
     assert result.ok, result.detail
+
+
+def test_stream_of_exactly_the_event_cap_is_read() -> None:
+    """2,048 `data:` events (2,047 text chunks and [DONE]) is the cap, not over it; 2,049 is
+    refused."""
+    event = b'data: {"choices": [{"index": 0, "delta": {"content": "1"}}]}\n\n'
+    result = _stream([event * 2047 + b"data: [DONE]\n\n"])
+    assert (result.ok, result.detail.split(",")[0]) == (True, "2047 chunks")
+    over = _stream([event * 2048 + b"data: [DONE]\n\n"])
+    assert (over.ok, over.detail) == (False, "the stream sent more than 2048 events")
+
+
+def test_stream_with_bytes_that_are_not_utf8_is_still_read() -> None:
+    """A comment line with invalid UTF-8 (a proxy's banner, say) must not break the check."""
+    result = _stream([b": caf\xe9 \xff\n\n", b'data: {"choices": [{"index": 0, "delta": '
+                      b'{"content": "1"}}]}\n\n', b"data: [DONE]\n\n"])  # fmt: skip
+    assert result.ok, result.detail
+
+
+def test_first_model_waits_at_most_ten_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`msmall check URL` asks /v1/models once: a 10 s per-read timeout and a 10 s total deadline
+    (a probe's, never the smoke checks' 120 s)."""
+    from helpers import ScriptedServer, models_body
+
+    made: list[health._Bounded] = []
+    real = health._client
+
+    def spy(*args, **kw):
+        made.append(real(*args, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(health, "_client", spy)
+    with ScriptedServer() as s:
+        s.routes[("GET", "/v1/models")] = (200, models_body("served-name"))
+        assert health.first_model(s.url) == "served-name"
+    assert [b.deadline_s for b in made] == [10.0]
+    assert made[0]._client.timeout.read == 10.0
+
+
+def test_skipped_checks_in_the_report() -> None:
+    """tools/vision off: those checks are reported as skipped, with no time spent (0 ms)."""
+    from helpers import ScriptedServer
+
+    with ScriptedServer() as s:
+        report = health.smoke(s.url, "m", tools=False, vision=False, timeout_s=5.0)
+    skipped = [c.to_dict() for c in report.checks if c.skipped]
+    assert skipped == [
+        {"name": n, "ok": False, "latency_ms": 0, "detail": "not requested", "fix": None,
+         "skipped": True}
+        for n in ("tools", "vision")
+    ]  # fmt: skip
