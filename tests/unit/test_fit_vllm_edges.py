@@ -215,3 +215,12 @@ def test_too_long_context_suggestions_without_a_shorter_context() -> None:
     fp8 = check_fit(prof("h100-bf16-vision", "serving.kv_cache_dtype=fp8"), [54097])
     assert fp8.verdict == "does_not_fit"
     assert fp8.suggestion == "Use a GPU with more memory or smaller weights."
+
+
+def test_w4a16_on_one_4090_exact() -> None:
+    """4090-q4 under vLLM: W4A16 + vision 13.986 GiB (4 bits + a BF16 scale per group of 128 =
+    4.125 bits per decoder weight); KV 21.639 - 13.986 - 2.203 = 5.450 GiB = 35,712 tokens
+    (16s); 35,712 / 32,768 = 1.09 requests: tight."""
+    r = check_fit(prof("4090-q4"), [RTX4090], "vllm")
+    assert (r.weights_per_gpu_gib, r.kv_cache_gib, r.kv_tokens) == (13.99, 5.45, 35712)
+    assert (r.verdict, r.full_length_concurrency) == ("tight", 1.09)
