@@ -271,3 +271,15 @@ def test_skipped(profile: str, sets: list[str], inv: Inventory, reason: str) -> 
     assert result.verdict == "skipped"
     assert reason in result.reason
     assert result.forced is False
+
+
+def test_a_flag_without_its_value_is_read_as_bare() -> None:
+    """`--max-num-batched-tokens` followed by another flag has no value (vLLM itself would stop
+    at argparse): the fit keeps the default batch (8,192 on an H100) instead of reading the next
+    flag as a number; --enforce-eager still drops the 1.0 GiB of CUDA graphs:
+    overhead 0.75 + 8,192 x 237,568 B (1.8125) = 2.5625 GiB."""
+    import json
+
+    args = json.dumps(["--max-num-batched-tokens", "--enforce-eager"])
+    r = check_fit(prof("h100-bf16-vision", f"extra_args={args}"), [H100])
+    assert r.overhead_per_gpu_gib == 2.56
