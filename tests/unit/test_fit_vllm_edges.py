@@ -224,3 +224,39 @@ def test_w4a16_on_one_4090_exact() -> None:
     r = check_fit(prof("4090-q4"), [RTX4090], "vllm")
     assert (r.weights_per_gpu_gib, r.kv_cache_gib, r.kv_tokens) == (13.99, 5.45, 35712)
     assert (r.verdict, r.full_length_concurrency) == ("tight", 1.09)
+
+
+def test_a_256_token_cache_serves_a_256_token_context() -> None:
+    """h100-bf16-vision at max_model_len 256 on a 53,250 MiB card: CUDA 52,771 MiB = 51.534 GiB
+    (batch 4,096: 2.656 GiB); KV 0.92 x 51.534 - 44.715 - 2.656 = 0.0405 GiB = 265 tokens ->
+    256 in whole blocks: exactly the 256 asked for, so it is served (tight: no room for an
+    image)."""
+    r = check_fit(prof("h100-bf16-vision", "serving.max_model_len=256"), [53250])
+    assert (r.kv_tokens, r.max_context) == (256, 256)
+    assert r.verdict == "tight"
+
+
+def test_auto_under_1024_tokens_is_no_fit() -> None:
+    """max_model_len auto on a 53,318 MiB card: CUDA 51.600 GiB; KV 0.92 x 51.600 - 44.715 -
+    2.656 = 0.102 GiB = 656 tokens: a cache exists, but under the 1,024 tokens worth serving."""
+    r = check_fit(prof("h100-bf16-vision", "serving.max_model_len=auto"), [53318])
+    assert (r.kv_tokens, r.verdict) == (656, "does_not_fit")
+    assert r.reason.endswith("no room for a KV cache.")
+
+
+def test_auto_advice_is_for_32768_tokens_exactly() -> None:
+    """W4A16 text-only (22.2278e9 x 4.125 / 8 + 1.3422e9 x 2 = 14.1456e9 B = 13.174 GiB), 0.90
+    utilisation, --enforce-eager (overhead 0.75 + 2,048 x 237,568 B = 1.203 GiB), auto: the
+    advice sizes one 32,768-token request (5.0 GiB). 22 GiB: KV 0.9 x 21.532 - 13.174 - 1.203 =
+    5.0017 GiB = 32,779 tokens -> 32,768 in blocks, just enough; 21 GiB is not."""
+    r = check_fit(
+        prof(
+            "4090-q4", "serving.vision=false", "serving.images_per_prompt=0",
+            "serving.gpu_memory_utilization=0.9", "serving.max_model_len=auto",
+            'extra_args=["--enforce-eager"]',
+        ),
+        [16380],
+        "vllm",
+    )  # fmt: skip
+    assert r.verdict == "does_not_fit"
+    assert r.suggestion == "Use a GPU with at least 22 GiB, or more GPUs with tensor parallel."
