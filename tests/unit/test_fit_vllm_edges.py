@@ -260,3 +260,19 @@ def test_auto_advice_is_for_32768_tokens_exactly() -> None:
     )  # fmt: skip
     assert r.verdict == "does_not_fit"
     assert r.suggestion == "Use a GPU with at least 22 GiB, or more GPUs with tensor parallel."
+
+
+def test_advice_counts_the_driver_reserve_exactly() -> None:
+    """2x4090-bf16-vision text-only at 0.90, 4,096 tokens: per GPU 43.903 / 2 = 21.951 GiB of
+    weights + 2.516 overhead + 4,096 x 81,920 B (0.3125) of KV = 24.779 GiB; 24.779 / 0.9 =
+    27.533 GiB of CUDA memory + the 479 MiB (0.46777 GiB) driver reserve = 28.0004 GiB: a 28 GiB
+    card holds 4,080 tokens, 16 short, so the advice is 29 GiB each."""
+    r = check_fit(
+        prof(
+            "2x4090-bf16-vision", "serving.vision=false", "serving.images_per_prompt=0",
+            "serving.gpu_memory_utilization=0.9", "serving.max_model_len=4096",
+        ),
+        [RTX4090, RTX4090],
+    )  # fmt: skip
+    assert r.verdict == "does_not_fit"
+    assert (r.suggestion or "").endswith("or 2 GPUs with at least 29 GiB each.")
