@@ -195,3 +195,27 @@ def test_context_length_in_the_profile_env() -> None:
     23.074 GiB: 0.526 GiB of text + 9.551 vision = 10.08 GiB on CPU."""
     r = check_fit(prof("serving.env.OLLAMA_CONTEXT_LENGTH=65536"), [RTX4090])
     assert (r.requested_context, r.cpu_offload_gib) == (65536, 10.08)
+
+
+@pytest.mark.parametrize(
+    ("context", "overhead", "advice"),
+    [
+        (2048, 857314737, "Try --set max_model_len=2048 or --set kv_cache_dtype=fp8 (q8_0 KV "
+         "cache, half the size)."),
+        (256, 1150916017, "Try --set kv_cache_dtype=fp8 (q8_0 KV cache, half the size)."),
+    ],
+    ids=["2048", "256"],
+)  # fmt: skip
+def test_largest_context_at_its_borders(context: int, overhead: int, advice: str) -> None:
+    """A 16,000 MiB card: (16,000 - 479 - 457) MiB = 14.7109375 GiB usable before
+    OLLAMA_GPU_OVERHEAD. Text-only 4090-q4 (no image tokens). An overhead of
+    (14.7109375 - 13.6) GiB - context x 163,840 B - 1,000 B leaves room for exactly `context`
+    tokens of 160 KiB (and 1,000 bytes): 2,048 is still offered as max_model_len (the least
+    worth offering), 256 is still a context (the least reported) but not worth offering."""
+    p = with_env(
+        prof("serving.vision=false", "serving.images_per_prompt=0"),
+        OLLAMA_GPU_OVERHEAD=str(overhead),
+    )
+    r = check_fit(p, [16000])
+    assert (r.verdict, r.max_context) == ("does_not_fit", context)
+    assert r.suggestion == advice
