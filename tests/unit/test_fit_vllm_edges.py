@@ -276,3 +276,14 @@ def test_advice_counts_the_driver_reserve_exactly() -> None:
     )  # fmt: skip
     assert r.verdict == "does_not_fit"
     assert (r.suggestion or "").endswith("or 2 GPUs with at least 29 GiB each.")
+
+
+def test_awq_weights_exact() -> None:
+    """AWQ: 4 bits + a BF16 scale and a packed 4-bit zero point per group of 128 = 4.15625 bits
+    per decoder weight: 22,227,822,720 x 4.15625 / 8 = 11,548,048,522.5 B, plus the BF16
+    embedding/head (1,342,177,280 x 2) and vision (0.436e9 x 2) = 15,104,403,082.5 B =
+    14.067 GiB; 13.255 GiB without the vision tower."""
+    from msmall.backends.vllm.fit import vllm_weights_gib
+
+    assert round(vllm_weights_gib("awq"), 3) == 14.067
+    assert round(vllm_weights_gib("awq", vision=False), 3) == 13.255
