@@ -287,3 +287,15 @@ def test_awq_weights_exact() -> None:
 
     assert round(vllm_weights_gib("awq"), 3) == 14.067
     assert round(vllm_weights_gib("awq", vision=False), 3) == 13.255
+
+
+def test_just_over_one_gib_of_cache_fits() -> None:
+    """4,104 tokens (one image + 1,024 of text) on a 54,374 MiB card: CUDA 53,895 MiB = 52.632
+    GiB; KV 0.92 x 52.632 - 44.715 - 2.656 = 1.050 GiB = 6,880 tokens = 1.68 requests: over
+    1 GiB and over 1.5 requests, so it fits."""
+    r = check_fit(
+        prof("h100-bf16-vision", "serving.max_model_len=4104", "serving.images_per_prompt=1"),
+        [54374],
+    )
+    assert (r.kv_cache_gib, r.kv_tokens, r.full_length_concurrency) == (1.05, 6880, 1.68)
+    assert r.verdict == "fits"
