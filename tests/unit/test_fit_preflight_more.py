@@ -283,3 +283,17 @@ def test_a_flag_without_its_value_is_read_as_bare() -> None:
     args = json.dumps(["--max-num-batched-tokens", "--enforce-eager"])
     r = check_fit(prof("h100-bf16-vision", f"extra_args={args}"), [H100])
     assert r.overhead_per_gpu_gib == 2.56
+
+
+def test_docs_table_cells() -> None:
+    """The cells of docs/memory.md's table. 4090-q4 (Ollama) on a 4090: text fits, vision on CPU
+    (tight); largest context (23.074 - 0.5 - 13.1) GiB = 9.4742 GiB / 160 KiB = 62,090 tokens. Two slots: it
+    spills (does not fit), the vision note is not added; the context 31,045 is still shown.
+    TP 2 on one GPU: what it needs."""
+    assert pf._cell(check_fit(prof("4090-q4"), [RTX4090])) == "tight (vision on CPU), max 62,090"
+    two = check_fit(prof("4090-q4", "serving.ollama_num_parallel=2"), [RTX4090])
+    assert two.cpu_offload_gib > 0
+    assert pf._cell(two) == "does not fit, max 31,045"
+    assert pf._cell(check_fit(prof("2x4090-fp8-vision"), [RTX4090])) == "needs 2 GPUs"
+    assert pf._cell(check_fit(prof("h100-bf16-vision"), [H100])) == "fits, max 131,072"
+    assert pf._cell(check_fit(prof("h100-bf16-vision"), [RTX4090])) == "does not fit"
