@@ -93,3 +93,15 @@ def test_same_key_twice_is_fine_a_different_one_is_refused() -> None:
     )
     assert cli.api_key == "b2"
     assert cli.env["VLLM_API_KEY"] == "b2"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--api-key=a1"], ["--api_key", "a1"], ["--api_key=a1"]],
+    ids=["eq", "underscore", "underscore-eq"],
+)
+def test_two_keys_refused_in_every_spelling(args: list[str]) -> None:
+    prof = load_profile("h100-bf16-vision", parse_set([f"extra_args={json.dumps(args)}"]))
+    with pytest.raises(ConfigError) as info:
+        build_plan(prof, PlanOptions(vllm_version="0.33.0", detect_installed=False, api_key="b2"))
+    assert info.value.message.startswith("two API keys")
