@@ -59,6 +59,14 @@ OP_TEXT = {
     ast.Is: "is",
     ast.IsNot: "is not",
 }
+# The pytest plugins the suite relies on (pytest-timeout's ini option, respx's fixture, anyio's
+# marker, hypothesis's settings); loaded by name with autoload off.
+SUITE_PLUGINS = (
+    "pytest_timeout",
+    "respx.plugin",
+    "anyio.pytest_plugin",
+    "_hypothesis_pytestplugin",
+)
 # Calls whose arguments are text for a person, not behaviour.
 MESSAGE_CALLS = {
     "print", "echo", "log", "debug", "info", "warning", "warn", "error", "exception",
@@ -182,6 +190,11 @@ def find_mutants(tree: ast.Module, keep_messages: bool) -> list[tuple[Mutant, li
     return found
 
 
+def _line_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.strip().partition("-")
+    return int(lo), int(hi or lo)
+
+
 def _float_mutant(value: float) -> float:
     return round(value * 1.1, 6) if value else 0.1
 
@@ -251,9 +264,14 @@ def run_tests(
     env["PYTHONPATH"] = str(workdir / "src") + os.pathsep + env.get("PYTHONPATH", "")
     # No stale bytecode: the mutant and the original can share a size and an mtime second.
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # Only the plugins the suite uses: autoloading every installed one (langsmith, pulled in by
+    # the litellm/langchain test extras, costs about 6 s of imports) made each mutant's run
+    # mostly pytest start-up on a loaded machine.
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    plugins = [arg for name in SUITE_PLUGINS for arg in ("-p", name)]
     argv = [
         sys.executable, "-m", "pytest", "-x", "-q", "--no-header", "-p", "no:cacheprovider",
-        "-p", "no:randomly", *extra, *tests,
+        *plugins, *extra, *tests,
     ]  # fmt: skip
     start = time.monotonic()
     # Its own process group, so a timeout (or our own end) can stop everything the tests
@@ -299,6 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the full result here")
     parser.add_argument("--rev", help="mutate the tree of this git commit instead of the work tree")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression for every run")
+    parser.add_argument(
+        "--rerun",
+        type=Path,
+        help="a --json result of the same module, seed and --max: keep its killed mutants as "
+        "killed and run only its survivors (valid when tests were only added since)",
+    )
+    parser.add_argument(
+        "--lines",
+        help="only mutate these line ranges, e.g. 120-180,300-340 (the part of a module under audit)",
+    )
     args = parser.parse_args(argv)
     import signal
 
@@ -320,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         source = module.read_text(encoding="utf-8")
     tree = ast.parse(source)
     sites = find_mutants(tree, args.keep_messages)
+    if args.lines:
+        ranges = [_line_range(part) for part in args.lines.split(",") if part.strip()]
+        sites = [s for s in sites if any(lo <= s[0].line <= hi for lo, hi in ranges)]
     if args.max and len(sites) > args.max:
         sites = sorted(random.Random(args.seed).sample(sites, args.max), key=lambda s: s[0].index)
     lines = source.splitlines()
@@ -329,6 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(sites)} mutants", file=sys.stderr)
         return 0
 
+    previous: dict[int, str] = {}
+    if args.rerun:
+        old = json.loads(args.rerun.read_text(encoding="utf-8"))
+        mine = {(m.index, m.line, m.description) for m, _ in sites}
+        theirs = {(r["index"], r["line"], r["description"]) for r in old["results"]}
+        if old["module"] != str(rel) or mine != theirs:
+            print(f"{args.rerun} is not a run of the same mutants of {rel}; stopping")
+            return 2
+        previous = {r["index"]: r["status"] for r in old["results"]}
     extra = ["-k", args.keyword] if args.keyword else []
     with tempfile.TemporaryDirectory(prefix="msmall-mutate-") as tmp:
         work = Path(tmp)
@@ -341,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rel}: {len(sites)} mutants; unmutated run {seconds:.1f} s", flush=True)
         try:
             for n, (mutant, path) in enumerate(sites, 1):
+                if previous.get(mutant.index) in ("killed", "timeout"):
+                    # More tests cannot let a killed mutant survive: not run again.
+                    mutant.status = previous[mutant.index]
+                    continue
                 mutated = apply_mutant(tree, path[0])
                 target.write_text(ast.unparse(mutated) + "\n", encoding="utf-8")
                 mutant.status, mutant.seconds = run_tests(work, args.tests, args.timeout, extra)
@@ -368,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                     "module": str(rel),
                     "tests": args.tests,
                     "seed": args.seed,
+                    "lines": args.lines,
+                    "rerun_of": str(args.rerun) if args.rerun else None,
                     "mutants": len(done),
                     "killed": len(killed),
                     "kill_rate": round(rate, 1),

@@ -214,9 +214,40 @@ def _labelled_container_id(name: str) -> str | None:
     return found[0].id if found else None
 
 
+def log_secrets(pid: int | None = None, container_id: str | None = None) -> list[str]:
+    """Secret values an engine may have written into its own log (vLLM prints its non-default
+    args, tokens included), to blank out of what `msmall logs` shows.
+
+    Records never hold secrets, so they are read where the engine got them: the running engine's
+    own command line and environment (a process msmall started, or the container's config), and
+    this shell's environment (a host process inherits it; HF_TOKEN is passed to containers from
+    it by name).
+    """
+    import os
+
+    from msmall.plan import secret_values
+
+    argv: list[str] = []
+    env: dict[str, str] = {}
+    if pid is not None:
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            argv, env = proc.cmdline(), proc.environ()
+        except (psutil.Error, OSError):
+            pass
+    elif container_id:
+        from msmall.runtimes.container import container_config
+
+        argv, env = container_config(container_id)
+    return secret_values(argv, env, os.environ)
+
+
 def log_lines(name: str, n: int) -> list[str]:
     from pathlib import Path
 
+    from msmall.plan import redact_text
     from msmall.runtimes.process import last_lines
 
     if state.load(name) is None:
@@ -224,16 +255,24 @@ def log_lines(name: str, n: int) -> list[str]:
         if container_id:
             from msmall.runtimes.container import container_log_lines
 
-            return container_log_lines(container_id, n)
+            return container_log_lines(container_id, n, log_secrets(None, container_id))
     dep = _get(name)
     if dep.container_id:
         from msmall.runtimes.container import container_log_lines
 
         # A detached container keeps logging after msmall exits: ask the daemon, not the file.
-        lines = container_log_lines(dep.container_id, n)
+        lines = container_log_lines(dep.container_id, n, log_secrets(None, dep.container_id))
         if lines:
             return lines
-    return last_lines(Path(dep.log_path), n)
+    secrets = log_secrets(_own_pid(dep), dep.container_id)
+    return [redact_text(line, secrets) for line in last_lines(Path(dep.log_path), n)]
+
+
+def _own_pid(dep: state.Deployment) -> int | None:
+    """The engine's pid when it is still the process msmall started (never another's)."""
+    if dep.pid is None or foreign_reason(dep) is not None:
+        return None
+    return dep.pid
 
 
 def follow(
@@ -242,6 +281,7 @@ def follow(
     """Print new log lines as they come, until the server ends (or Ctrl-C)."""
     from pathlib import Path
 
+    from msmall.plan import redact_text
     from msmall.runtimes.process import LogTail
 
     if state.load(name) is None:
@@ -249,17 +289,20 @@ def follow(
         if container_id:
             from msmall.runtimes.container import follow_container
 
-            follow_container(container_id, emit)
+            secrets = log_secrets(None, container_id)
+            follow_container(container_id, lambda line: emit(redact_text(line, secrets)))
             return
     dep = _get(name)
     if dep.container_id:
         from msmall.runtimes.container import follow_container
 
-        follow_container(dep.container_id, emit)
+        secrets = log_secrets(None, dep.container_id)
+        follow_container(dep.container_id, lambda line: emit(redact_text(line, secrets)))
         return
+    secrets = log_secrets(_own_pid(dep))
     tail = LogTail(Path(dep.log_path), start_at_end=True)
     for line in _follow_lines(tail, lambda: is_running(dep), stop_when):
-        emit(line)
+        emit(redact_text(line, secrets))
 
 
 def _follow_lines(tail, running: Callable[[], bool], stop_when) -> Iterator[str]:

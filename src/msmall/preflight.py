@@ -9,7 +9,7 @@ uses the same functions for its report. The engine's own memory rules come from 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,13 +67,15 @@ def check_fit(
     free_mib: Sequence[int] | None = None,
     *,
     alternatives: Iterable[Profile] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> FitReport:
     """Will `profile` fit GPUs with these totals (MiB, as nvidia-smi reports them)?
 
     gpu_memory_mib lists the GPUs that will be used: vLLM takes the first tensor_parallel_size of
     them, Ollama spreads over all of them. free_mib, when known, is each GPU's free memory: vLLM
     refuses to start below utilization x total; Ollama only uses what is free. `alternatives`
-    (e.g. the shipped profiles) lets the suggestion name a profile that fits instead.
+    (e.g. the shipped profiles) lets the suggestion name a profile that fits instead. `env`: the
+    environment the engine will run with (None: the profile's own env).
     """
     backend = backend or profile.backend
     if free_mib is not None and len(free_mib) != len(gpu_memory_mib):
@@ -83,11 +85,13 @@ def check_fit(
         from msmall.fit import simulator_report
 
         return simulator_report(profile, backend)
-    report = engine.fit(profile, gpu_memory_mib, free_mib, backend)
+    report = engine.fit(profile, gpu_memory_mib, free_mib, backend, env)
     if report.verdict == "does_not_fit" and report.max_context == 0 and alternatives is not None:
         # Only when it would not fit these GPUs idle either: memory that other processes hold
         # right now is theirs to free, and the report's own suggestion says so.
-        idle = report if free_mib is None else engine.fit(profile, gpu_memory_mib, None, backend)
+        idle = (
+            report if free_mib is None else engine.fit(profile, gpu_memory_mib, None, backend, env)
+        )
         if idle.verdict == "does_not_fit":
             others = [p for p in alternatives if p.name != profile.name]
             # The same model first: a 3.1 user is pointed to a 3.1 profile where one fits.
@@ -276,13 +280,28 @@ def _refuse_or_warn(
 
 
 def fit_on(
-    prof: Profile, gpus: list, backend: str, use_free: bool, others: list[Profile] | None
+    prof: Profile,
+    gpus: list,
+    backend: str,
+    use_free: bool,
+    others: list[Profile] | None,
+    env: Mapping[str, str] | None = None,
 ) -> FitReport | None:
     totals = hardware.memory_totals(gpus)
     if totals is None:
         return None
     free = hardware.memory_free(gpus) if use_free else None
-    return check_fit(prof, totals, backend, free, alternatives=others)
+    return check_fit(prof, totals, backend, free, alternatives=others, env=env)
+
+
+def engine_env(plan: LaunchPlan, runtime: str) -> dict[str, str]:
+    """The environment the engine will see: a host process inherits the user's shell under the
+    plan's variables (runtimes/process.py process_env); a container gets only its own."""
+    if runtime == "container":
+        return dict(plan.container.environment) if plan.container else {}
+    from msmall.runtimes.process import process_env
+
+    return process_env(plan)
 
 
 def preflight(
@@ -335,7 +354,9 @@ def preflight(
         )
         return Preflight(prof, "does_not_fit", message, forced=True)
 
-    report = fit_on(prof, gpus, plan.backend, True, others)
+    # The fit sees what the engine will: an OLLAMA_GPU_OVERHEAD or OLLAMA_CONTEXT_LENGTH exported
+    # in the user's shell reaches `ollama serve` (the plan's own variables win over the shell's).
+    report = fit_on(prof, gpus, plan.backend, True, others, engine_env(plan, runtime))
     resolved = prof
     if report is None:
         verdict, reason = "skipped", f"{where} report no memory size: skipping the memory check"

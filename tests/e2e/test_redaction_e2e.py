@@ -5,7 +5,7 @@ Each secret has its own value, so a leak names its source. They arrive by every 
 `--api-key` and MSMALL_API_KEY, the profile's serving.env and extra_args (each flag spelling), and
 the inherited environment (HF_TOKEN and friends are in the user's shell, so the engine sees them).
 The fake vllm with FAKE_VLLM_LEAK_SECRETS prints all of them into its log, as vLLM's
-`non-default args:` line does with --api-key and --hf-token.
+`non-default args:` line does with --api-key and --hf-token; `msmall logs` must blank them.
 """
 
 from __future__ import annotations
@@ -174,6 +174,11 @@ def test_state_record_ps_and_live_log_view(env, tmp_path: Path, free_port: int) 
         assert ps.returncode == 0, ps.stderr
         assert_clean(ps.stdout + ps.stderr)
         assert [r["name"] for r in json.loads(ps.stdout)] == ["leaky"]
+        # `msmall logs` shows the engine's own log, which holds every secret in clear.
+        logs = run(env, "logs", "leaky", "-n", "500")
+        assert logs.returncode == 0, logs.stderr
+        assert "non-default args" in logs.stdout
+        assert_clean(logs.stdout + logs.stderr)
     finally:
         stopped = run(env, "stop", "--all")
     assert stopped.returncode == 0, stopped.stderr

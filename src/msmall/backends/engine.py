@@ -7,7 +7,7 @@ registry that lists them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,8 +23,11 @@ Runtime = Literal["process", "container"]
 
 # (profile, options, the engine itself) -> the plan for a runtime.
 PlanFn = Callable[["Profile", "PlanOptions", "Engine"], "LaunchPlan"]
-# (profile, GPU totals MiB, GPU free MiB or None, backend name) -> the memory verdict.
-FitFn = Callable[["Profile", Sequence[int], "Sequence[int] | None", str], "FitReport"]
+# (profile, GPU totals MiB, GPU free MiB or None, backend name, the engine's environment or None
+# for the profile's own) -> the memory verdict.
+FitFn = Callable[
+    ["Profile", Sequence[int], "Sequence[int] | None", str, "Mapping[str, str] | None"], "FitReport"
+]
 # (plan, reporter) -> None: work between "the port answers" and "clients may use it".
 PostReadyFn = Callable[["LaunchPlan", "Reporter"], None]
 

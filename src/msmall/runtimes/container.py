@@ -576,6 +576,22 @@ def container_log_lines(
     ]
 
 
+def container_config(container_id: str) -> tuple[list[str], dict[str, str]]:
+    """The container's command and environment as the daemon holds them ([], {} when it cannot
+    be asked): the secrets the engine inside could print."""
+    import docker
+
+    cli = _maybe_client()
+    if cli is None:
+        return [], {}
+    try:
+        config = cli.containers.get(container_id).attrs.get("Config") or {}
+    except docker.errors.DockerException:
+        return [], {}
+    env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
+    return list(config.get("Cmd") or []), env
+
+
 def follow_container(container_id: str, emit) -> None:
     """Print new log lines of a (detached) container until it stops."""
     import docker

@@ -210,6 +210,14 @@ def _wait_exec(pipe: tuple[int, int] | None, timeout_s: float = 30.0) -> str:
 LAUNCH_ID_ENV = "MSMALL_LAUNCH_ID"
 
 
+def process_env(plan: LaunchPlan) -> dict[str, str]:
+    """The environment the engine process gets: msmall's own (the user's shell), the plan's on top.
+
+    The preflight sizes the memory fit with it too (an OLLAMA_GPU_OVERHEAD exported in the shell
+    reaches `ollama serve`, so the fit must count it)."""
+    return {**os.environ, **plan.env}
+
+
 def start_process(
     plan: LaunchPlan, log_path: Path, die_with_parent: bool = False, launch_id: str | None = None
 ) -> ServerProcess:
@@ -217,7 +225,7 @@ def start_process(
     pipe = None
     if die_with_parent:
         argv, pipe = _with_parent_death_signal(argv)
-    env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
+    env = {**process_env(plan), "PYTHONUNBUFFERED": "1"}
     if launch_id:
         env[LAUNCH_ID_ENV] = launch_id
     try:

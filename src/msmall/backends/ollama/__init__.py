@@ -15,10 +15,10 @@ if TYPE_CHECKING:
     from msmall.progress import Reporter
 
 
-def memory_fit(profile, gpus, free, backend) -> FitReport:
+def memory_fit(profile, gpus, free, backend, env=None) -> FitReport:
     from msmall.backends.ollama.fit import fit_ollama
 
-    return fit_ollama(profile, gpus, free, backend)
+    return fit_ollama(profile, gpus, free, backend, env)
 
 
 def log_rules() -> LogRules:

@@ -7,7 +7,7 @@ there.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from msmall.errors import ConfigError
@@ -106,12 +106,21 @@ def ollama_default_context(vram_gib: float, spec: ModelSpec | None = None) -> in
 
 
 def fit_ollama(
-    profile: Profile, gpus: Sequence[int], free: Sequence[int] | None, backend: str = "ollama"
+    profile: Profile,
+    gpus: Sequence[int],
+    free: Sequence[int] | None,
+    backend: str = "ollama",
+    env: Mapping[str, str] | None = None,
 ) -> FitReport:
-    """Ollama's verdict: what fits on the GPUs, and what would spill to the CPU."""
+    """Ollama's verdict: what fits on the GPUs, and what would spill to the CPU.
+
+    `env` is the environment `ollama serve` will run with (the preflight passes the user's shell
+    with the plan's variables on top, as the process runtime builds it); None: the profile's own
+    env only (doctor's tables, recommend()).
+    """
     spec = model_of(profile)
     sv = profile.serving
-    env = dict(sv.env)
+    env = dict(sv.env) if env is None else dict(env)
     quant = ollama_quant(profile.model.ollama_tag)
     fa = flash_attention(env)
     kv_type = ollama_kv_type(sv.kv_cache_dtype, env)

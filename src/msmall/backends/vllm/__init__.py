@@ -23,7 +23,8 @@ def probe_version() -> VersionProbe:
     return VersionProbe(versions.installed_vllm_version(timeout_s=VLLM_VERSION_TIMEOUT_S))
 
 
-def memory_fit(profile, gpus, free, backend) -> FitReport:
+def memory_fit(profile, gpus, free, backend, env=None) -> FitReport:
+    # vLLM's memory use depends on its flags, not on environment variables msmall models.
     from msmall.backends.vllm.fit import fit_vllm
 
     return fit_vllm(profile, gpus, free, backend)
