@@ -94,6 +94,12 @@ class LaunchPlan(BaseModel):
     def docker_run(self) -> str | None:
         return render_docker_run(self.container) if self.container else None
 
+    def __repr_args__(self) -> Any:
+        # repr() shows in a traceback (MSMALL_DEBUG) and in test failures: redacted like JSON.
+        public = self.to_public_dict()
+        for name, value in super().__repr_args__():
+            yield name, public[name] if name in ("argv", "env", "container") else value
+
     def to_public_dict(self) -> dict[str, Any]:
         """JSON-ready, secrets redacted."""
         data = self.model_dump(mode="json")

@@ -68,3 +68,16 @@ def test_redact_text_blanks_four_characters_and_more() -> None:
     assert redact_text("key=abcd end", ["abcd"]) == f"key={REDACTED} end"
     assert redact_text("key=abc end", ["abc"]) == "key=abc end"
     assert redact_text("a b", [None, ""]) == "a b"
+
+
+def test_repr_of_a_plan_never_shows_a_secret() -> None:
+    """repr() is what a traceback under MSMALL_DEBUG and a failing test print."""
+    from msmall.backends import PlanOptions, build_plan
+    from msmall.profiles import load_profile
+
+    secret = "sk-repr-0123456789abcdef"
+    plan = build_plan(
+        load_profile("h100-bf16-vision"), PlanOptions(api_key=secret, vllm_version="0.33.0")
+    )
+    assert secret in " ".join(plan.argv) or secret in str(plan.env), "the plan carries the key"
+    assert secret not in repr(plan) and secret not in str(plan)
