@@ -310,22 +310,29 @@ def _body(tokens: int) -> dict:
     }
 
 
+def _on_line(r: metrics.RequestResult, line: str, last: float) -> float:
+    """One SSE line read by a peer stack: a content delta's timing (the same rule for every
+    stack). Returns the time of the last content chunk."""
+    if not line.startswith("data: {"):
+        return last
+    ts = time.perf_counter()
+    delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta") or {}
+    if delta.get("content"):
+        if r.ttft is None:
+            r.ttft = ts - r.started
+        else:
+            r.itl.append(ts - last)
+        last = r.end = ts
+        r.chunks += 1
+    return last
+
+
 async def _httpx_stream(client, tokens: int, out: list) -> None:
     r = metrics.RequestResult(kind="chat", started=time.perf_counter())
     last = r.started
     async with client.stream("POST", "/v1/chat/completions", json=_body(tokens)) as resp:
         async for line in resp.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            ts = time.perf_counter()
-            delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta") or {}
-            if delta.get("content"):
-                if r.ttft is None:
-                    r.ttft = ts - r.started
-                else:
-                    r.itl.append(ts - last)
-                last = r.end = ts
-                r.chunks += 1
+            last = _on_line(r, line, last)
     out.append(r)
 
 
@@ -335,17 +342,7 @@ async def _aiohttp_stream(session, url: str, tokens: int, out: list) -> None:
     async with session.post(url, json=_body(tokens)) as resp:
         async for raw in resp.content:
             line = raw.decode().strip()
-            if not line.startswith("data: {"):
-                continue
-            ts = time.perf_counter()
-            delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta") or {}
-            if delta.get("content"):
-                if r.ttft is None:
-                    r.ttft = ts - r.started
-                else:
-                    r.itl.append(ts - last)
-                last = r.end = ts
-                r.chunks += 1
+            last = _on_line(r, line, last)
     out.append(r)
 
 
