@@ -401,8 +401,8 @@ def _parse_yaml(text: str, path: Path) -> tuple[dict[str, Any], dict[tuple[str, 
         try:
             data, lines = _compose_and_build(text, path, _FastProfileLoader)
         except yaml.YAMLError:
-            if _FastProfileLoader.__mro__[1] is _ProfileLoader:
-                raise
+            if not hasattr(yaml, "CSafeLoader"):
+                raise  # the Python parser already refused it
             data, lines = _compose_and_build(text, path, _ProfileLoader)
     except RecursionError:
         raise ConfigError(f"{path}: YAML nested too deeply") from None
