@@ -36,3 +36,40 @@ def test_without_the_guard_python_dies_of_the_signal() -> None:
         capture_output=True,
     )
     assert done.returncode == -signal.SIGINT
+
+
+# The window after the atexit functions: CPython resets every Python-level signal handler to
+# SIG_DFL (_PySignal_Fini) and then frees the modules. The "killer" child waits for EOF on a
+# pipe whose write end this program holds in a module global, so the signal comes exactly while
+# the modules are being freed.
+SHUTDOWN = (
+    "import os, signal, subprocess, sys\n"
+    "from msmall.cli.app import _exit_on_late_signals\n"
+    "r, w = os.pipe()\n"
+    "ready_r, ready_w = os.pipe()\n"
+    "killer = ('import os, signal, sys; os.write(int(sys.argv[2]), b\"k\"); os.read(int(sys.argv[1]), 1);'\n"
+    "          ' os.kill(int(sys.argv[3]), signal.SIGINT)')\n"
+    "subprocess.Popen([sys.executable, '-c', killer, str(r), str(ready_w), str(os.getpid())],\n"
+    "                 pass_fds=(r, ready_w))\n"
+    "os.close(r)\n"
+    "os.close(ready_w)\n"
+    "held = os.fdopen(w, 'wb')\n"
+    "assert os.read(ready_r, 1) == b'k'  # the killer is blocked on the pipe now\n"
+    "if sys.argv[1] == 'guarded':\n"
+    "    _exit_on_late_signals(130)\n"
+    "else:\n"
+    "    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))\n"
+    "sys.exit(130)\n"
+)
+
+
+def test_a_signal_while_python_frees_its_modules_keeps_the_exit_code() -> None:
+    done = subprocess.run([sys.executable, "-c", SHUTDOWN, "guarded"], timeout=30)
+    assert done.returncode == 130
+
+
+def test_a_python_handler_alone_does_not_cover_the_modules_being_freed() -> None:
+    # The control: the signal does land in that window (with only a Python-level handler the
+    # process dies of it), so the test above cannot pass by the signal coming too late.
+    done = subprocess.run([sys.executable, "-c", SHUTDOWN, "bare"], timeout=30)
+    assert done.returncode == -signal.SIGINT

@@ -3,6 +3,7 @@ so `msmall --help` costs little more than Typer itself."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -65,32 +66,54 @@ def main() -> None:
     # Our own handler, not the inherited disposition: started as a background job of a script
     # (or by a CI runner) msmall inherits SIGINT ignored, and Ctrl-C must still stop the server.
     signal.signal(signal.SIGINT, _on_sigint)
+    code = 130
     try:
         code = _run()
     except KeyboardInterrupt:
         # A Ctrl-C while an error is being printed (a second press, say) still exits 130,
         # never with a traceback or killed by the signal.
         code = 130
-    _exit_on_late_signals(code)
+    finally:
+        try:
+            _exit_on_late_signals(code)
+        except KeyboardInterrupt:
+            # The Ctrl-C landed between _run() returning and the guard taking over.
+            _exit_on_late_signals(code)
     sys.exit(code)
 
 
 def _exit_on_late_signals(code: int) -> None:
     """The work is done (the server stopped, the error printed): a signal arriving now, while
-    Python shuts down, ends msmall with this same code. Without this, a KeyboardInterrupt
-    raised that late escapes the program and CPython then kills itself with SIGINT (exit -2
-    instead of 130, seen twice in the suite's interrupt tests under load)."""
+    Python shuts down, must not change the exit code. Two ways it did (exit -2 instead of 130,
+    seen in the suite's interrupt tests under load):
+    - before the guard, a late KeyboardInterrupt escaped the program and CPython then killed
+      itself with SIGINT;
+    - late in shutdown, after the atexit functions, CPython resets every signal that has a
+      Python handler to SIG_DFL (`_PySignal_Fini` in Python/pylifecycle.c), so a signal there
+      kills the process. Ignored signals are left alone, hence `_ignore_late_signals` at exit.
+    """
+
+    def leave(signum: int, frame: object) -> None:
+        os._exit(code)
+
+    for sig in LATE_SIGNALS:
+        signal.signal(sig, leave)
+    atexit.register(_ignore_late_signals)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
 
-    def leave(signum: int, frame: object) -> None:
-        os._exit(code)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, leave)
+LATE_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _ignore_late_signals() -> None:
+    # The last atexit function registered runs first, and nothing after it needs a signal: the
+    # threads were joined before atexit runs, and the process is only freeing memory now.
+    for sig in LATE_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _run() -> int:
