@@ -159,7 +159,9 @@ def stop(name: str) -> dict[str, Any]:
         if dep is None:
             done = "the start in progress was interrupted" if starting else "by its msmall serve"
             return {"name": name, "action": f"stopped ({done})"}
-        action = "stopped the start in progress"
+        # Its msmall exited but left the record: the engine may still be running, and the code
+        # below stops it by the record. The action then says whose serve was stopped.
+        action = "stopped the start in progress" if starting else "stopped its msmall serve"
     if dep.external:
         action = "forgot the record (the Ollama daemon was not started by msmall: left running)"
     elif dep.container_id:
