@@ -45,10 +45,12 @@ class ResolvedTarget:
 
 def resolve(target: str | None, api_key: str | None) -> ResolvedTarget:
     """A URL as given, or a deployment's recorded base URL (its key from the env it names)."""
-    from msmall import state
-
     if target and target.startswith(("http://", "https://")):
         return ResolvedTarget(target.rstrip("/"), api_key)
+    # Only for a deployment: state imports pydantic (about 0.3 s of CPU), which a bench of a URL
+    # never needs.
+    from msmall import state
+
     if target is None:
         deps = state.load_all()
         if len(deps) != 1:
