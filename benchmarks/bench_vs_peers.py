@@ -446,11 +446,14 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    keys = list(rows[0]) if rows else []
+    # The union of the rows' keys, in first-seen order: a vLLM row lacks msmall's loop-lag
+    # column, and cells taken in each row's own order would land under the wrong headers.
+    keys = list(dict.fromkeys(key for row in rows for key in row))
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()]
+        values = [row.get(key, "") for key in keys]
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in values]
         print("| " + " | ".join(cells) + " |")
     return 0
 
