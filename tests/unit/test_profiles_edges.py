@@ -68,7 +68,9 @@ def test_each_bound_accepts_its_limit_and_refuses_the_next_value(
 
     path = write(tmp_path, "bad.yaml", f"name: edge\n{section}:\n  {key}: {bad}\n")
     exc = refused(path)
-    assert exc.message == f"{path}:3: '{section}.{key}' must be {range_text} (got {json.loads(bad)!r})"
+    assert (
+        exc.message == f"{path}:3: '{section}.{key}' must be {range_text} (got {json.loads(bad)!r})"
+    )
     assert exc.fix == FIX_SCHEMA
 
 
