@@ -137,9 +137,7 @@ def test_hardware_defaults_are_printed_as_zero_requirements(tmp_path: Path) -> N
     assert json.loads(result.output)["hardware"] == expected
 
 
-def test_profiles_list_shows_no_memory_floor_for_a_profile_without_one(
-    tmp_path: Path,
-) -> None:
+def test_profiles_list_shows_no_memory_floor_for_a_profile_without_one() -> None:
     from msmall import paths
 
     folder = paths.user_profiles_dir()
