@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,7 +168,8 @@ class Serving(_Strict):
     def _max_len_range(cls, v: Any) -> Any:
         if isinstance(v, int) and not (256 <= v <= max_context_any()):
             raise ValueError(
-                f"must be between 256 and {max_context_any()} (the model's trained context)"
+                f"must be between 256 and {max_context_any()} (the model's trained context; "
+                f"got {v})"
             )
         return v
 
@@ -299,8 +301,9 @@ def _yaml_lines(root: yaml.Node | None, where: Path) -> dict[tuple[str, ...], in
         sizes[id(node)] = total
         if total > MAX_PROFILE_NODES:
             raise ConfigError(
-                f"{where}: YAML aliases expand to more than {MAX_PROFILE_NODES} values",
-                "A profile needs a few dozen settings; remove the repeated aliases.",
+                f"{where}: more than {MAX_PROFILE_NODES} values (each use of a YAML alias "
+                "counts its whole value)",
+                "A profile needs a few dozen settings; remove the repeated aliases or lists.",
             )
         return total
 
@@ -445,12 +448,13 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_validation(exc: ValidationError, where: str, lines: dict[tuple[str, ...], int]) -> str:
+def _format_validation(exc: ValidationError, where: str, places: dict[tuple[str, ...], str]) -> str:
     err = exc.errors()[0]
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc) or "profile"
-    line = lines.get(loc)
-    place = f"{where}:{line}" if line else where
+    # The file and line that set the value: a parent's, for a value inherited through `extends`
+    # (the user must edit that file, not the one they loaded).
+    place = places.get(loc) or where
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"{place}: unknown key '{key}'"
@@ -534,6 +538,7 @@ def _load_raw(
     if key in chain:
         raise ConfigError(f"{path}: 'extends' makes a cycle: {' -> '.join([*chain, key])}")
     data, lines = _read_yaml(path)
+    places = {loc: f"{path}:{line}" for loc, line in lines.items()}
     data.setdefault("name", path.stem)
     parent_ref = data.get("extends")
     if parent_ref is not None:
@@ -546,22 +551,24 @@ def _load_raw(
                 raise ConfigError(f"{path}: extends: {exc.message}", exc.fix) from None
             raise
         parent.pop("description", None)
-        parent.pop("_lines", None)
+        parent.pop("_source", None)
+        # This file's keys win, as in the merge; the rest were set by the parent chain.
+        places = {**parent.pop("_places"), **places}
         data = _deep_merge(parent, data)
     data["_source"] = str(path)
-    data["_lines"] = lines
+    data["_places"] = places
     return data
 
 
 def _validate(data: dict[str, Any]) -> Profile:
     data = dict(data)
     source = data.pop("_source", "<profile>")
-    lines = data.pop("_lines", {})
+    places = data.pop("_places", {})
     try:
         prof = Profile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            _format_validation(exc, source, lines),
+            _format_validation(exc, source, places),
             "See `msmall profiles show 4090-q4` for a valid profile.",
         ) from None
     prof.source = source
@@ -625,13 +632,25 @@ def load_profile(ref: str, overrides: dict[str, Any] | None = None) -> Profile:
     """Load a profile by name or path, resolve ``extends`` and apply ``--set`` overrides."""
     data = _load_raw(ref, None, ())
     if overrides:
-        lines = data.pop("_lines", {})
         source = data.pop("_source")
+        # A value --set replaced has no file line any more; the others keep theirs.
+        set_paths = list(_leaf_paths(overrides))
+        data["_places"] = {
+            loc: place
+            for loc, place in data["_places"].items()
+            if not any(loc[: len(p)] == p for p in set_paths)
+        }
         data = _deep_merge(data, overrides)
         data["_source"] = f"{source} (with --set)"
-        data["_lines"] = {}
-        del lines
     return _validate(data)
+
+
+def _leaf_paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaf_paths(value, (*prefix, key))
+        else:
+            yield (*prefix, key)
 
 
 def load_all() -> list[Profile | ConfigError]:

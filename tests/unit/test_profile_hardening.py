@@ -23,7 +23,7 @@ def test_alias_bomb_fails_fast(tmp_path: Path) -> None:
     path = write(tmp_path, BOMB)
     assert len(BOMB) < 1024
     started = time.monotonic()
-    with pytest.raises(ConfigError, match="aliases expand"):
+    with pytest.raises(ConfigError, match="more than 20000 values"):
         load_profile(str(path))
     assert time.monotonic() - started < 1.0
 
@@ -31,7 +31,7 @@ def test_alias_bomb_fails_fast(tmp_path: Path) -> None:
 def test_alias_bomb_in_set_fails_fast() -> None:
     value = "[&a [x,x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"
     started = time.monotonic()
-    with pytest.raises(ConfigError, match="aliases expand"):
+    with pytest.raises(ConfigError, match="more than 20000 values"):
         parse_set([f"extra_args={value}"])
     assert time.monotonic() - started < 1.0
 

@@ -86,13 +86,14 @@ def test_max_model_len_accepts_256_and_refuses_255(tmp_path: Path) -> None:
     exc = refused(path)
     assert exc.message == (
         f"{path}:3: 'serving.max_model_len' must be between 256 and 131072 "
-        "(the model's trained context)"
+        "(the model's trained context; got 255)"
     )
     # The same floor through --set, where no line exists.
     with pytest.raises(ConfigError) as info:
         load_profile("4090-q4", parse_set(["max_model_len=255"]))
     assert info.value.message.endswith(
-        "'serving.max_model_len' must be between 256 and 131072 (the model's trained context)"
+        "'serving.max_model_len' must be between 256 and 131072 (the model's trained context; "
+        "got 255)"
     )
     assert load_profile("4090-q4", parse_set(["max_model_len=256"])).serving.max_model_len == 256
 
@@ -183,8 +184,10 @@ def test_20000_yaml_nodes_load_and_20001_are_refused(tmp_path: Path) -> None:
 
     over = write(tmp_path, "over.yaml", _aliased_args(20_000 - 4))
     exc = refused(over)
-    assert exc.message == f"{over}: YAML aliases expand to more than 20000 values"
-    assert exc.fix == "A profile needs a few dozen settings; remove the repeated aliases."
+    assert exc.message == (
+        f"{over}: more than 20000 values (each use of a YAML alias counts its whole value)"
+    )
+    assert exc.fix == "A profile needs a few dozen settings; remove the repeated aliases or lists."
 
 
 def test_merge_keys_may_repeat_and_other_keys_may_not(tmp_path: Path) -> None:
@@ -271,3 +274,39 @@ def test_set_overrides_do_not_stick_to_the_next_load(tmp_path: Path) -> None:
     assert load_profile(str(path), parse_set(["serving.env.A=1"])).serving.env == {"A": "1"}
     again = load_profile(str(path))
     assert (again.serving.env, again.source) == ({}, str(path))
+
+
+def test_a_bad_inherited_value_is_blamed_on_the_file_and_line_that_set_it(tmp_path: Path) -> None:
+    """`extends`: the value comes from the parent, so the error must send the user there (it
+    named the child, without a line, where the key does not appear)."""
+    parent = write(tmp_path, "parent.yaml", "name: parent\nserving:\n  port: 0\n")
+    child = write(tmp_path, "child.yaml", "extends: ./parent.yaml\nserving:\n  host: 127.0.0.1\n")
+    exc = refused(child)
+    assert exc.message == f"{parent}:3: 'serving.port' must be between 1 and 65535 (got 0)"
+
+    # The child's own value wins, and so does its line.
+    fixed = write(
+        tmp_path,
+        "fixed.yaml",
+        "extends: ./parent.yaml\nserving:\n  host: 127.0.0.1\n  port: 70000\n",
+    )
+    exc = refused(fixed)
+    assert exc.message == f"{fixed}:4: 'serving.port' must be between 1 and 65535 (got 70000)"
+
+    # Two levels up: the grandparent's line.
+    grandchild = write(tmp_path, "grandchild.yaml", "extends: ./child.yaml\n")
+    assert refused(grandchild).message.startswith(f"{parent}:3: 'serving.port'")
+
+
+def test_set_drops_the_line_of_the_value_it_replaces_only(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.yaml", "name: p\nserving:\n  port: 0\n  max_model_len: 16384\n")
+    # The file's bad port keeps its line when --set changes another key.
+    with pytest.raises(ConfigError) as info:
+        load_profile(str(path), parse_set(["max_model_len=8192"]))
+    assert info.value.message == f"{path}:3: 'serving.port' must be between 1 and 65535 (got 0)"
+    # A bad value given by --set has no file line: the source says "(with --set)".
+    with pytest.raises(ConfigError) as info:
+        load_profile(str(path), parse_set(["port=70000"]))
+    assert info.value.message == (
+        f"{path} (with --set): 'serving.port' must be between 1 and 65535 (got 70000)"
+    )
