@@ -216,6 +216,19 @@ EXPECTED: dict[str, tuple[str | None, dict, tuple[str, ...]]] = {
         ("--set max_model_len=8192",),
     ),
     "ollama/cli-pull-manifest-412-newer-version.txt": ("ollama-too-old", {}, ("0.6.5",)),
+    # Added with tests/unit/test_diagnose_more.py (round 3 of the mutation audit).
+    "vllm/cuda-oom-kib-old-torch-message.txt": (
+        "oom-loading",
+        {"tried_gib": 0.0, "total_gib": 11.17, "free_gib": 0.0, "gpu": 0},
+        ("--set tensor_parallel_size=2",),
+    ),
+    "vllm/cuda-oom-torch-2.1-capacty-typo.txt": (
+        "oom-loading",
+        {"tried_gib": 55.57, "total_gib": 12.0, "free_gib": 9.02, "gpu": 0},
+        ("--set tensor_parallel_size=2",),
+    ),
+    # Cut before the error: nothing to diagnose yet.
+    "vllm/loading-model-weights-took-gb-v0.7.log": (None, {}, ()),
 }
 
 NON_FATAL = {"tool-parser-error", "ollama-cpu-offload", "tool-choice-disabled"}

@@ -33,10 +33,10 @@ _MODEL_LOADED = re.compile(
 )
 
 _KV_MEMORY = re.compile(r"Available KV cache memory: (-?[\d.]+) GiB")
-
+# torch 2.1 printed "total capacty" (a typo, fixed later): both spellings are read.
 _OOM_FIGURES = (
     ("tried_gib", re.compile(r"Tried to allocate (?P<v>[\d.]+) (?P<u>[KMGT]iB)")),
-    ("total_gib", re.compile(r"total capacity of (?P<v>[\d.]+) (?P<u>[KMGT]iB)")),
+    ("total_gib", re.compile(r"total capaci?ty of (?P<v>[\d.]+) (?P<u>[KMGT]iB)")),
     ("total_gib", re.compile(r"(?P<v>[\d.]+) (?P<u>[KMGT]iB) total capacity")),
     ("free_gib", re.compile(r"of which (?P<v>[\d.]+) (?P<u>[KMGT]iB) is free")),
     ("free_gib", re.compile(r"(?P<v>[\d.]+) (?P<u>[KMGT]iB) free\b")),
