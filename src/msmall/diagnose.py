@@ -168,7 +168,14 @@ def to_int(text: str) -> int:
 
 def to_gib(value: str, unit: str) -> float:
     """'739.81', 'MiB' -> 0.72 (GiB, two decimals)."""
-    scale = {"b": 1 / 1024**3, "kib": 1 / 1024**2, "mib": 1 / 1024, "gib": 1.0, "tib": 1024.0}
+    scale = {
+        "b": 1 / 1024**3,
+        "bytes": 1 / 1024**3,
+        "kib": 1 / 1024**2,
+        "mib": 1 / 1024,
+        "gib": 1.0,
+        "tib": 1024.0,
+    }
     return round(num(value) * scale.get(unit.lower(), 1.0), 2)
 
 

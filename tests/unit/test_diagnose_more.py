@@ -162,6 +162,32 @@ def test_torch_oom_in_kib() -> None:
     assert result.figures == {"tried_gib": 0.0, "total_gib": 11.17, "free_gib": 0.0, "gpu": 0}
     assert "of 11.17 GiB was free" in result.cause
     assert "1,024" not in result.cause and "576" not in result.cause
+    # Not "allocating 0 GiB more failed": a few KiB is not nothing.
+    assert (
+        "(allocating less than 0.01 GiB more failed; less than 0.01 of 11.17 GiB was free)"
+        in result.cause
+    )
+
+
+# torch's format_size (c10/cuda/CUDACachingAllocator.cpp) writes "N bytes" below 1 KiB. The
+# line: a TabbyAPI log on a 24 GB card (23.99 GiB), as quoted in a public post-mortem; the same
+# "of which 0 bytes is free" shape is in many public reports.
+ZERO_BYTES = (
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 80.00 MiB. GPU 0 has a total "
+    "capacity of 23.99 GiB of which 0 bytes is free. Of the allocated memory 22.40 GiB is "
+    "allocated by PyTorch, and 562.08 MiB is reserved by PyTorch but unallocated."
+)
+
+
+def test_torch_oom_with_zero_bytes_free() -> None:
+    result = diagnose(ZERO_BYTES)
+    assert result is not None and result.kind == "oom-loading"
+    assert result.figures == {"tried_gib": 0.08, "total_gib": 23.99, "free_gib": 0.0, "gpu": 0}
+    # Exactly zero stays "0", not "less than 0.01".
+    assert "(allocating 0.08 GiB more failed; 0 of 23.99 GiB was free)" in result.cause
+    # 512 bytes is below the two decimals shown: "less than 0.01".
+    some = diagnose(ZERO_BYTES.replace("of which 0 bytes", "of which 512 bytes"))
+    assert "less than 0.01 of 23.99 GiB was free" in some.cause
 
 
 def test_torch_2_1_capacty_spelling() -> None:
@@ -289,3 +315,14 @@ PULL = _log("ollama/cli-pull-progress.txt").splitlines()
 def test_ollama_pull_progress_activity(line: str, expected: str | None) -> None:
     """pingcap/pytidb PR #102: `ollama pull` output, line by line."""
     assert log_activity(line, "ollama") == expected
+
+
+def test_a_partial_offload_that_a_later_full_load_replaced_is_not_the_diagnosis() -> None:
+    """The 30/81 runner line, then the same model loaded again fully (81/81): the latest load
+    decides, as parse_ollama_offload says; only the reverse order is a diagnosis."""
+    full = RUNNER_30.replace("offloaded 30/81", "offloaded 81/81")
+    assert diagnose(RUNNER_30 + "\n" + full, "ollama") is None
+    result = diagnose(full + "\n" + RUNNER_30, "ollama")
+    assert result is not None and result.kind == "ollama-cpu-offload"
+    assert result.figures == {"layers_offloaded": 30, "layers_total": 81}
+    assert result.cause.startswith("Only 30 of 81 layers fit on the GPU")

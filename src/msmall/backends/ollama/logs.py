@@ -88,6 +88,10 @@ def _offload_figures(m: re.Match[str]) -> tuple[int, int]:
 
 
 def _ollama_cpu_offload(m: re.Match[str], ctx: Ctx) -> Found | None:
+    # The latest load decides, as in parse_ollama_offload: a partial offload that a later,
+    # complete one replaced (a retry with a shorter context, say) is history, not the cause.
+    if m.re.search(ctx.text, m.end()):
+        return None
     done, total = _offload_figures(m)
     if not total or done >= total:
         return None

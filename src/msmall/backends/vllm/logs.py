@@ -34,12 +34,14 @@ _MODEL_LOADED = re.compile(
 
 _KV_MEMORY = re.compile(r"Available KV cache memory: (-?[\d.]+) GiB")
 # torch 2.1 printed "total capacty" (a typo, fixed later): both spellings are read.
+# torch's format_size (c10/cuda/CUDACachingAllocator.cpp) prints "N bytes" below 1 KiB, e.g.
+# "of which 0 bytes is free".
 _OOM_FIGURES = (
-    ("tried_gib", re.compile(r"Tried to allocate (?P<v>[\d.]+) (?P<u>[KMGT]iB)")),
-    ("total_gib", re.compile(r"total capaci?ty of (?P<v>[\d.]+) (?P<u>[KMGT]iB)")),
-    ("total_gib", re.compile(r"(?P<v>[\d.]+) (?P<u>[KMGT]iB) total capacity")),
-    ("free_gib", re.compile(r"of which (?P<v>[\d.]+) (?P<u>[KMGT]iB) is free")),
-    ("free_gib", re.compile(r"(?P<v>[\d.]+) (?P<u>[KMGT]iB) free\b")),
+    ("tried_gib", re.compile(r"Tried to allocate (?P<v>[\d.]+) (?P<u>[KMGT]iB|bytes)")),
+    ("total_gib", re.compile(r"total capaci?ty of (?P<v>[\d.]+) (?P<u>[KMGT]iB|bytes)")),
+    ("total_gib", re.compile(r"(?P<v>[\d.]+) (?P<u>[KMGT]iB|bytes) total capacity")),
+    ("free_gib", re.compile(r"of which (?P<v>[\d.]+) (?P<u>[KMGT]iB|bytes) is free")),
+    ("free_gib", re.compile(r"(?P<v>[\d.]+) (?P<u>[KMGT]iB|bytes) free\b")),
 )
 
 # One-line form (late 2025 on, 0.33): "GPU KV cache size: 39,120 tokens, Maximum concurrency for
@@ -254,16 +256,25 @@ def _no_cache_blocks(m: re.Match[str], ctx: Ctx) -> Found:
     )
 
 
-def _oom_figures(text: str) -> dict[str, float | int | str]:
+def _oom_figures(text: str) -> tuple[dict[str, float | int | str], set[str]]:
+    """The figures in GiB, and which of them are a few KiB that round to 0.00."""
     figures: dict[str, float | int | str] = {}
+    tiny: set[str] = set()
     for key, pattern in _OOM_FIGURES:
         found = pattern.search(text)
         if found:
             figures[key] = to_gib(found["v"], found["u"])
+            if figures[key] == 0 and num(found["v"]) > 0:
+                tiny.add(key)
     gpu = re.search(r"\bGPU (\d+)\b", text)
     if gpu:
         figures["gpu"] = int(gpu[1])
-    return figures
+    return figures, tiny
+
+
+def _amount(figures: dict[str, float | int | str], tiny: set[str], key: str) -> str:
+    # Rounded away, not nothing: "allocating 0 GiB more failed" would read as a bug.
+    return "less than 0.01" if key in tiny else fmt(float(figures[key]))
 
 
 def _oom(m: re.Match[str], ctx: Ctx) -> Found:
@@ -272,13 +283,13 @@ def _oom(m: re.Match[str], ctx: Ctx) -> Found:
     # 9.85 GiB already allocated; 46.44 MiB free; ...)". vLLM >= 0.11 wraps load-time OOM in
     # "Failed to load model - not enough GPU memory. ... (original error: CUDA out of memory ...)".
     line = line_at(ctx.text, ctx.pos)
-    figures = _oom_figures(line)
+    figures, tiny = _oom_figures(line)
     parts = []
     if "tried_gib" in figures:
-        parts.append(f"allocating {fmt(float(figures['tried_gib']))} GiB more failed")
+        parts.append(f"allocating {_amount(figures, tiny, 'tried_gib')} GiB more failed")
     if "total_gib" in figures and "free_gib" in figures:
         parts.append(
-            f"{fmt(float(figures['free_gib']))} of {fmt(float(figures['total_gib']))} GiB was free"
+            f"{_amount(figures, tiny, 'free_gib')} of {_amount(figures, tiny, 'total_gib')} GiB was free"
         )
     detail = f" ({'; '.join(parts)})" if parts else ""
     loaded = _weights_gib(ctx.before())
