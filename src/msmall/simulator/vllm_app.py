@@ -37,6 +37,9 @@ from msmall.simulator.vllm_validation import (
     _bad,
     _bool_fields,
     check_chat_body,
+    check_rendering,
+    normalize_messages,
+    tool_call_errors,
     model_validator_failure,
     type_errors,
     validation_failure,
@@ -76,9 +79,15 @@ class VllmDialect(Dialect):
         except VLLMValidationError as exc:
             raise model_validator_failure(exc, body) from None
         chat_route = "messages" in body or request.url.path.endswith("/chat/completions")
+        if chat_route:
+            normalize_messages(body)
         errors = type_errors(body, "chat" if chat_route else "text")
+        if not errors and chat_route:
+            errors = tool_call_errors(body.get("messages"))
         if errors:
             raise validation_failure(errors, errors[0]["loc"])
+        if chat_route:
+            check_rendering(body.get("messages"))
         for key in _INT_FIELDS + _FLOAT_FIELDS:
             if isinstance(body.get(key), str):
                 body[key] = float(body[key]) if key in _FLOAT_FIELDS else int(body[key])

@@ -4,7 +4,10 @@ Shared by the chat routes (vllm_app) and the other routes (vllm_extra)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from pydantic import ValidationError
 
 from starlette.responses import JSONResponse
 
@@ -351,59 +354,174 @@ def _stream_options_errors(value: Any, loc: Loc) -> list[dict]:
                                 ("continuous_usage_stats", _bool_errors, False)])  # fmt: skip
 
 
-# renderers/chat_utils/types.py ChatCompletionMessageParam: openai's six message TypedDicts,
-# vLLM's CustomChatCompletionMessageParam and openai_harmony's Message, with their required
-# fields in declaration order. A message with a (string) role always fits the custom one, so
-# only an item that is not an object, or has no role, fails; then every member reports.
-_MESSAGE_MEMBERS = (
-    ("ChatCompletionDeveloperMessageParam", ("content", "role"), "any"),
-    ("ChatCompletionSystemMessageParam", ("content", "role"), "any"),
-    ("ChatCompletionUserMessageParam", ("content", "role"), "any"),
-    ("ChatCompletionAssistantMessageParam", ("role",), "any"),
-    ("ChatCompletionToolMessageParam", ("content", "role", "tool_call_id"), "any"),
-    ("ChatCompletionFunctionMessageParam", ("content", "name", "role"), "str"),
-    ("CustomChatCompletionMessageParam", ("role",), "any"),
-    ("Message", ("author",), "list"),
-)
+# serve/exception_handling/handlers/validation.py _INTERNAL_LOC_MARKERS: pydantic-core's schema
+# kinds, dropped from an error's loc along with bracketed segments (clean_loc_for_param). A real
+# field called "arguments" (a tool call's) goes too, as it does in vLLM.
+_INTERNAL_LOC_MARKERS = frozenset({
+    "function-wrap", "function-after", "function-before", "function-plain", "json-or-python",
+    "lax-or-strict", "chain", "default", "nullable", "tagged-union", "union", "call",
+    "arguments", "is-instance", "is-subclass", "callable", "str", "int", "float", "bool",
+    "bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset", "complex", "none",
+    "nonetype",
+})  # fmt: skip
+_BRACKETED = re.compile(r"[\[\]{}()]")
 
 
-def _message_errors(value: Any, loc: Loc) -> list[dict]:
-    if not isinstance(value, dict):
-        errors = [
-            _error("dict_type", (*loc, member), "Input should be a valid dictionary", value)
-            for member, _, _ in _MESSAGE_MEMBERS[:-1]
-        ]
-        return [*errors, _model_type(value, (*loc, "Message"), "Message")]
-    content = value.get("content")
-    if "role" in value or not (
-        "content" not in value
-        or isinstance(content, str)
-        or (
-            isinstance(content, list)
-            and all(isinstance(p, dict) and p.get("type") == "text" for p in content)
-        )
-    ):
-        # Typed content errors differ per member (22 for `content: 3`): not modelled;
-        # parse_request answers those.
-        return []
-    errors: list[dict] = []
-    for member, required, content_kind in _MESSAGE_MEMBERS:
-        at = (*loc, member)
-        names = sorted({*required, "content"}) if member != "Message" else ["author", "content"]
-        for name in names:
-            if name == "content" and "content" in value:
-                if content_kind == "str" and not isinstance(content, str):
-                    errors += _str_errors(content, (*at, name))
-                elif content_kind == "list" and not isinstance(content, list):
-                    errors.append(
-                        _error("list_type", (*at, name), "Input should be a valid list", content)
-                    )
-            elif name in required and name not in value:
-                errors.append(missing_error((*at, name), value))
+def clean_loc(loc: Loc) -> str:
+    """validation.py clean_loc_for_param."""
+    parts = [
+        str(p)
+        for p in loc
+        if not (_BRACKETED.search(str(p)) or str(p).lower() in _INTERNAL_LOC_MARKERS)
+    ]
+    return ".".join(parts) if parts else ".".join(map(str, loc))
+
+
+def _pydantic_errors(exc: ValidationError, prefix: Loc) -> list[dict[str, Any]]:
+    """A pydantic ValidationError's errors as FastAPI hands them to validation.py (no url),
+    with _format_error's cleaned loc and summarised input."""
+    errors = []
+    for err in exc.errors(include_url=False):
+        err = dict(err)
+        err["loc"] = clean_loc((*prefix, *err["loc"]))
+        err["input"] = _summarise(err["input"])
+        errors.append(err)
     return errors
 
 
-_messages_check = _list_of(_message_errors)
+def _messages_check(value: Any, loc: Loc) -> list[dict]:
+    """``messages: list[ChatCompletionMessageParam]`` validated by pydantic itself against the
+    union copied in vllm_messages (22 errors for a user message with ``content: 5``)."""
+    from msmall.simulator.vllm_messages import messages_adapter
+
+    try:
+        messages_adapter().validate_python(value)
+    except ValidationError as exc:
+        return _pydantic_errors(exc, ("body", *loc))
+    return []
+
+
+def normalize_messages(body: dict[str, Any]) -> None:
+    """chat_completion/protocol.py ChatCompletionRequest._normalize_messages_before (a "before"
+    validator that runs after the ones check_chat_body copies): a tool_calls that is not a list
+    becomes ``list(tool_calls)`` (a dict becomes its keys), reasoning_content becomes
+    reasoning. ``list()`` of a number raises TypeError, which pydantic does not catch: vLLM's
+    fallback handler answers it (handlers/exception.py -> error_response.py
+    create_error_response: 400 BadRequestError, no param)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        calls = msg.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            try:
+                msg["tool_calls"] = list(calls)
+            except TypeError as exc:
+                raise ChatError(str(exc), 400, "BadRequestError", None) from None
+        reasoning = msg.pop("reasoning_content", None)
+        if reasoning is not None and msg.get("reasoning") is None:
+            msg["reasoning"] = reasoning
+
+
+def tool_call_errors(messages: Any) -> list[dict[str, Any]]:
+    """chat_completion/protocol.py ChatCompletionRequest._materialize_tool_calls_after, run once
+    the whole request validated: ChatCompletionAssistantMessageParam.tool_calls is an
+    ``Iterable`` that pydantic checks lazily, so a malformed call fails only here, at
+    ``list()``, with a loc relative to the iterator (``body.0.<member>.<field>``) and only
+    the first bad call's errors."""
+    if not isinstance(messages, list) or not any(
+        isinstance(m, dict) and m.get("tool_calls") is not None for m in messages
+    ):
+        return []
+    from msmall.simulator.vllm_messages import messages_adapter
+
+    for msg in messages_adapter().validate_python(messages):
+        calls = msg.get("tool_calls") if isinstance(msg, dict) else None
+        if calls is not None and not isinstance(calls, list):
+            try:
+                list(calls)
+            except ValidationError as exc:
+                return _pydantic_errors(exc, ("body",))
+    return []
+
+
+# renderers/chat_utils/chat_message.py MM_PARSER_MAP's keys and PART_TYPES_TO_SKIP_NONE_CONTENT,
+# as parse_chat_message_content_part lists them for an unsupported part type.
+_PART_TYPES = ("audio_embeds", "audio_url", "image_embeds", "image_pil", "image_url",
+               "input_audio", "input_image", "input_text", "output_text", "prompt_embeds",
+               "refusal", "text", "thinking", "tool_reference", "video_embeds", "video_url")  # fmt: skip
+_DIRECT_PART_KEYS = ("image_url", "image_pil", "image_embeds", "audio_embeds", "video_embeds",
+                     "prompt_embeds", "audio_url", "input_audio", "video_url", "tool_reference")  # fmt: skip
+
+
+def sanitize_message(message: str) -> str:
+    """serve/exception_handling/utils.py sanitize_message."""
+    message = re.sub(r" at 0x[0-9a-fA-F]+>", ">", message)
+    message = re.sub(r'\n?\s*File "[^"]+", line \d+, in \S+(\n\s+.*)?', "", message)
+    message = re.sub(
+        r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message
+    )
+    message = re.sub(r"(?:/[\w\-]+)+/[\w\-]+\.\w+", "<path>", message)
+    return message.strip()
+
+
+def _check_part(part: Any) -> None:
+    """chat_message.py parse_chat_message_content_part / parse_chat_message_content_mm_part for
+    one part of a list content, up to where the simulator stops modelling (media loading)."""
+    if isinstance(part, str) or not isinstance(part, dict):
+        return
+    kind = part.get("type")
+    if isinstance(kind, str) and kind in _PART_TYPES and part.get("uuid") is None:
+        if kind == "image_url":
+            from msmall.simulator.vllm_messages import image_part_adapter
+
+            # _ImageParser: the part is validated again, eagerly, as openai's image part.
+            image_part_adapter().validate_python(part)
+        return
+    if kind is None or part.get("uuid") is not None:
+        if any(key in part for key in _DIRECT_PART_KEYS):
+            return
+        raise VLLMValidationError("Missing 'type' field in multimodal part.", parameter="type")
+    if not isinstance(kind, str):
+        raise VLLMValidationError("Invalid 'type' field in multimodal part.", parameter="type")
+    raise VLLMValidationError(
+        f"Unsupported chat content part type: {kind!r}. Supported types: {', '.join(_PART_TYPES)}.",
+        parameter="type",
+        value=kind,
+    )
+
+
+def check_rendering(messages: Any) -> None:
+    """What vLLM checks after validation, while rendering the prompt
+    (renderers/mistral.py MistralRenderer.render_messages -> chat_message.py
+    parse_chat_messages -> parse_chat_message_content): an ``Iterable`` content that pydantic
+    accepted lazily is iterated here, so a bad part fails now, as a raw pydantic
+    ValidationError ("N validation errors for ValidatorIterator" ...); then each part's type is
+    checked. Both answer through error_response.py create_error_response: 400
+    BadRequestError, param None for the ValidationError (a ValueError), ``type`` for
+    VLLMValidationError. Raises the ChatError to answer, or returns."""
+    if not isinstance(messages, list):
+        return
+    from msmall.simulator.vllm_messages import messages_adapter
+
+    try:
+        for msg in messages_adapter().validate_python(messages):
+            if not isinstance(msg, dict):
+                continue
+            content = msg.get("content")
+            if content is None or isinstance(content, str):
+                continue
+            if msg.get("role") == "system":
+                # _strip_claude_code_billing_header walks the whole list first.
+                content = list(content)
+            for part in content:
+                _check_part(part)
+    except ValidationError as exc:
+        raise ChatError(sanitize_message(str(exc)), 400, "BadRequestError", None) from None
+    except VLLMValidationError as exc:
+        raise _bad(exc) from None
 
 
 # chat_completion/protocol.py ChatCompletionRequest and completion/protocol.py
