@@ -8,7 +8,6 @@ import re
 from typing import Any
 
 from pydantic import ValidationError
-
 from starlette.responses import JSONResponse
 
 from msmall.simulator.chat import ChatError
@@ -460,9 +459,7 @@ def sanitize_message(message: str) -> str:
     """serve/exception_handling/utils.py sanitize_message."""
     message = re.sub(r" at 0x[0-9a-fA-F]+>", ">", message)
     message = re.sub(r'\n?\s*File "[^"]+", line \d+, in \S+(\n\s+.*)?', "", message)
-    message = re.sub(
-        r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message
-    )
+    message = re.sub(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message)
     message = re.sub(r"(?:/[\w\-]+)+/[\w\-]+\.\w+", "<path>", message)
     return message.strip()
 
