@@ -340,3 +340,68 @@ def messages_adapter() -> TypeAdapter:
 def image_part_adapter() -> TypeAdapter:
     # chat_message.py _ImageParser validates an image_url part again, eagerly.
     return TypeAdapter(ChatCompletionContentPartImageParam)
+
+
+# ---- /v1/responses: openai/types/responses (3.57), the first member of ResponsesRequest.input's
+# item union (responses/protocol.py ResponseInputOutputItem = ResponseInputItemParam |
+# ResponseOutputItem, 61 members in all; only this one is copied) ----
+
+
+class ResponseInputTextParam(TypedDict, total=False):
+    text: Required[str]
+    type: Required[Literal["input_text"]]
+    prompt_cache_breakpoint: PromptCacheBreakpoint
+
+
+class ResponseInputImageParam(TypedDict, total=False):
+    detail: Required[Literal["low", "high", "auto", "original"]]
+    type: Required[Literal["input_image"]]
+    file_id: Optional[str]
+    image_url: Optional[str]
+    prompt_cache_breakpoint: PromptCacheBreakpoint
+
+
+class ResponseInputFileParam(TypedDict, total=False):
+    type: Required[Literal["input_file"]]
+    detail: Literal["auto", "low", "high"]
+    file_data: str
+    file_id: Optional[str]
+    file_url: str
+    filename: str
+    prompt_cache_breakpoint: PromptCacheBreakpoint
+
+
+ResponseInputContentParam = Union[
+    ResponseInputTextParam, ResponseInputImageParam, ResponseInputFileParam
+]
+
+
+class EasyInputMessageParam(TypedDict, total=False):
+    content: Required[Union[str, list[ResponseInputContentParam]]]
+    role: Required[Literal["user", "assistant", "system", "developer"]]
+    phase: Optional[Literal["commentary", "final_answer"]]
+    type: Literal["message"]
+
+
+@cache
+def _easy_messages() -> TypeAdapter:
+    # A list, so the request model's extra="allow" can be handed down (TypeAdapter refuses a
+    # config for a bare TypedDict).
+    return TypeAdapter(list[EasyInputMessageParam], config=ConfigDict(extra="allow"))
+
+
+def validate_easy_message(item: object) -> None:
+    """Raises pydantic's ValidationError, with locs relative to the item."""
+    from pydantic import ValidationError
+    from pydantic_core import InitErrorDetails
+
+    try:
+        _easy_messages().validate_python([item])
+    except ValidationError as exc:
+        details = []
+        for e in exc.errors():
+            detail = InitErrorDetails(type=e["type"], loc=e["loc"][1:], input=e["input"])
+            if "ctx" in e:
+                detail["ctx"] = e["ctx"]
+            details.append(detail)
+        raise ValidationError.from_exception_data("EasyInputMessageParam", details) from None
