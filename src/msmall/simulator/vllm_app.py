@@ -36,6 +36,7 @@ from msmall.simulator.vllm_validation import (
     VLLMValidationError,
     _bad,
     _bool_fields,
+    all_plain,
     check_chat_body,
     check_rendering,
     model_validator_failure,
@@ -82,11 +83,13 @@ class VllmDialect(Dialect):
         if chat_route:
             normalize_messages(body)
         errors = type_errors(body, "chat" if chat_route else "text")
-        if not errors and chat_route:
+        # Messages every client sends pass the two later steps untouched (_all_plain).
+        deeper = chat_route and not all_plain(body.get("messages"))
+        if not errors and deeper:
             errors = tool_call_errors(body.get("messages"))
         if errors:
             raise validation_failure(errors, errors[0]["loc"])
-        if chat_route:
+        if deeper:
             check_rendering(body.get("messages"))
         for key in _INT_FIELDS + _FLOAT_FIELDS:
             if isinstance(body.get(key), str):

@@ -454,14 +454,15 @@ def _plain_message(msg: Any) -> bool:
     return role == "user" and isinstance(content, list) and all(map(_plain_part, content))
 
 
-def _all_plain(messages: Any) -> bool:
+def all_plain(messages: Any) -> bool:
+    """Whether every message is a _plain_message."""
     return isinstance(messages, list) and all(map(_plain_message, messages))
 
 
 def _messages_check(value: Any, loc: Loc) -> list[dict]:
     """``messages: list[ChatCompletionMessageParam]`` validated by pydantic itself against the
     union copied in vllm_messages (22 errors for a user message with ``content: 5``)."""
-    if _all_plain(value):
+    if all_plain(value):
         return []
     from msmall.simulator.vllm_messages import messages_adapter
 
@@ -505,7 +506,7 @@ def tool_call_errors(messages: Any) -> list[dict[str, Any]]:
     if (
         not isinstance(messages, list)
         or not any(isinstance(m, dict) and m.get("tool_calls") is not None for m in messages)
-        or _all_plain(messages)
+        or all_plain(messages)
     ):
         return []
     from msmall.simulator.vllm_messages import messages_adapter
@@ -573,7 +574,7 @@ def check_rendering(messages: Any) -> None:
     checked. Both answer through error_response.py create_error_response: 400
     BadRequestError, param None for the ValidationError (a ValueError), ``type`` for
     VLLMValidationError. Raises the ChatError to answer, or returns."""
-    if not isinstance(messages, list) or _all_plain(messages):
+    if not isinstance(messages, list) or all_plain(messages):
         return
     from msmall.simulator.vllm_messages import messages_adapter
 
