@@ -79,8 +79,11 @@ def test_bad_content_parts_fail_while_rendering_like_vllm(vllm: httpx.Client, ca
         [{"role": "tool", "content": "r"}],
         # An unknown key of the wrong type is not validated (reasoning_content -> reasoning).
         [{"role": "user", "content": "hi", "reasoning_content": 5}],
+        # A plain string among the parts: CustomChatCompletionMessageParam takes it and
+        # chat_message.py parse_chat_message_content_part reads it as text (400 on main).
+        [{"role": "user", "content": [{"type": "text", "text": "a"}, "b"]}],
     ],
-    ids=["extra_part_key", "tool_without_id", "reasoning_content_int"],
+    ids=["extra_part_key", "tool_without_id", "reasoning_content_int", "string_part"],
 )
 def test_messages_vllm_accepts_are_answered(vllm: httpx.Client, messages: list) -> None:
     """What vLLM 0.33 lets through validation and rendering (the ground-truth run answered

@@ -41,6 +41,7 @@ from msmall.simulator.vllm_validation import (
     check_rendering,
     model_validator_failure,
     normalize_messages,
+    to_sim_parts,
     tool_call_errors,
     type_errors,
     validation_failure,
@@ -91,6 +92,7 @@ class VllmDialect(Dialect):
             raise validation_failure(errors, errors[0]["loc"])
         if deeper:
             check_rendering(body.get("messages"))
+            to_sim_parts(body.get("messages"))
         for key in _INT_FIELDS + _FLOAT_FIELDS:
             if isinstance(body.get(key), str):
                 body[key] = float(body[key]) if key in _FLOAT_FIELDS else int(body[key])

@@ -565,6 +565,41 @@ def _check_part(part: Any) -> None:
     )
 
 
+_TEXT_FIELDS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
+                "thinking": "thinking"}  # fmt: skip
+
+
+def _as_sim_part(part: Any) -> Any:
+    """One part that vLLM accepted, in the two kinds the shared chat code reads (text,
+    image_url), following chat_message.py parse_chat_message_content_mm_part: a plain string
+    is text, TEXT_PART_TYPES carry their text under MM_PARSER_MAP's key, input_image and a
+    typeless part with image_url are images. Text parts without text are skipped
+    (PART_TYPES_TO_SKIP_NONE_CONTENT). Other kinds are left for the chat code to refuse."""
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if not isinstance(part, dict):
+        return part
+    kind = part.get("type")
+    if kind in _TEXT_FIELDS:
+        text = part.get(_TEXT_FIELDS[kind])
+        return None if text is None else {"type": "text", "text": text}
+    if kind == "input_image" or (kind is None and "image_url" in part):
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        return {"type": "image_url", "image_url": {"url": url}}
+    return part
+
+
+def to_sim_parts(messages: Any) -> None:
+    """Rewrites list contents that passed check_rendering into the simulator's vocabulary."""
+    if not isinstance(messages, list):
+        return
+    for msg in messages:
+        if isinstance(msg, dict) and isinstance(msg.get("content"), list):
+            parts = (_as_sim_part(p) for p in msg["content"])
+            msg["content"] = [p for p in parts if p is not None]
+
+
 def check_rendering(messages: Any) -> None:
     """What vLLM checks after validation, while rendering the prompt
     (renderers/mistral.py MistralRenderer.render_messages -> chat_message.py
