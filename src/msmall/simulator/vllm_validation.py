@@ -5,6 +5,7 @@ Shared by the chat routes (vllm_app) and the other routes (vllm_extra)."""
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -631,47 +632,6 @@ def check_rendering(messages: Any) -> None:
         raise _bad(exc) from None
 
 
-# responses/protocol.py ResponsesRequest.input: ``str | list[ResponseInputOutputItem]``, the item
-# a union of openai 3.57's 33 ResponseInputItemParam TypedDicts and 28 ResponseOutputItem
-# models, in this order (each answers a non-object item with one error).
-_RESPONSE_ITEM_DICTS = (
-    "EasyInputMessageParam", "Message", "ResponseOutputMessageParam",
-    "ResponseFileSearchToolCallParam", "ResponseComputerToolCallParam", "ComputerCallOutput",
-    "ResponseFunctionWebSearchParam", "ResponseFunctionToolCallParam", "FunctionCallOutput",
-    "ToolSearchCall", "ResponseToolSearchOutputItemParamParam", "AdditionalTools",
-    "ResponseConfigurationUpdateItemParamParam", "ResponseReasoningItemParam",
-    "ResponseCompactionItemParamParam", "ImageGenerationCall",
-    "ResponseCodeInterpreterToolCallParam", "LocalShellCall", "LocalShellCallOutput",
-    "ShellCall", "ShellCallOutput", "ApplyPatchCall", "ApplyPatchCallOutput", "McpListTools",
-    "McpApprovalRequest", "McpApprovalResponse", "McpCall",
-    "ResponseCustomToolCallOutputParam", "ResponseCustomToolCallParam", "CompactionTrigger",
-    "ItemReference", "Program", "ProgramOutput",
-)  # fmt: skip
-_RESPONSE_ITEM_MODELS = (
-    "ResponseOutputMessage", "ResponseFileSearchToolCall", "ResponseFunctionToolCall",
-    "ResponseFunctionToolCallOutputItem", "ResponseFunctionWebSearch",
-    "ResponseComputerToolCall", "ResponseComputerToolCallOutputItem", "ResponseReasoningItem",
-    "Program", "ProgramOutput", "ResponseToolSearchCall", "ResponseToolSearchOutputItem",
-    "AdditionalTools", "ResponseCompactionItem", "ImageGenerationCall",
-    "ResponseCodeInterpreterToolCall", "LocalShellCall", "LocalShellCallOutput",
-    "ResponseFunctionShellToolCall", "ResponseFunctionShellToolCallOutput",
-    "ResponseApplyPatchToolCall", "ResponseApplyPatchToolCallOutput", "McpCall",
-    "McpListTools", "McpApprovalRequest", "McpApprovalResponse", "ResponseCustomToolCall",
-    "ResponseCustomToolCallOutputItem",
-)  # fmt: skip
-# Every ``type`` literal of those 61 members.
-_RESPONSE_ITEM_TYPES = frozenset({
-    "additional_tools", "apply_patch_call", "apply_patch_call_output", "code_interpreter_call",
-    "compaction", "compaction_trigger", "computer_call", "computer_call_output",
-    "configuration_update", "custom_tool_call", "custom_tool_call_output", "file_search_call",
-    "function_call", "function_call_output", "image_generation_call", "item_reference",
-    "local_shell_call", "local_shell_call_output", "mcp_approval_request",
-    "mcp_approval_response", "mcp_call", "mcp_list_tools", "message", "program",
-    "program_output", "reasoning", "shell_call", "shell_call_output", "tool_search_call",
-    "tool_search_output", "web_search_call",
-})  # fmt: skip
-
-
 def _default_input_image_details(item: Any) -> Any:
     """responses/protocol.py _default_input_image_details, the items' BeforeValidator."""
     if not isinstance(item, dict) or not isinstance(item.get("content"), list):
@@ -685,67 +645,71 @@ def _default_input_image_details(item: Any) -> Any:
     return {**item, "content": parts}
 
 
-def _bad_response_item(item: dict[str, Any]) -> bool:
-    """Whether a dict item fits none of the 61 members, judged only where that was checked
-    against vLLM 0.33 (a role-carrying message without an id that EasyInputMessageParam
-    refuses, no role/type/id at all, an unknown type, a function_call without call_id/name/
-    string arguments, a function_call_output whose output is neither a string nor a list).
-    Anything else is let through, as vLLM may well accept it (a function_call_output without
-    call_id passes its validation)."""
+_CALL_STATUS = (None, "in_progress", "completed", "incomplete")
+
+
+def _plain_item(item: Any) -> bool:
+    """An input item that certainly fits a member of ResponseInputOutputItem (an easy
+    message, or a function_call / function_call_output of the plain shape clients send), so
+    the 61-member union need not run for it."""
     from msmall.simulator.vllm_messages import validate_easy_message
 
-    kind = item.get("type")
-    if "role" in item and kind in (None, "message") and "id" not in item:
-        try:
-            validate_easy_message(item)
-        except ValidationError:
-            return True
+    if not isinstance(item, dict):
         return False
-    if kind is None:
-        return "role" not in item and "id" not in item
-    if not isinstance(kind, str) or kind not in _RESPONSE_ITEM_TYPES:
-        return "role" not in item
+    kind = item.get("type")
     if kind == "function_call":
-        return not (
-            isinstance(item.get("call_id"), str)
-            and isinstance(item.get("name"), str)
-            and isinstance(item.get("arguments"), str)
+        # ResponseFunctionToolCallParam: arguments, call_id, name are required strings.
+        return (
+            item.keys() <= {"type", "call_id", "name", "arguments", "id", "status"}
+            and all(isinstance(item.get(k), str) for k in ("call_id", "name", "arguments"))
+            and isinstance(item.get("id", ""), str)
+            and item.get("status") in _CALL_STATUS
         )
     if kind == "function_call_output":
-        return not isinstance(item.get("output"), (str, list))
-    return False
+        # FunctionCallOutput: output is required, call_id and id are optional.
+        return (
+            item.keys() <= {"type", "call_id", "output", "id", "status"}
+            and isinstance(item.get("output"), str)
+            and all(isinstance(item.get(k), (str, type(None))) for k in ("call_id", "id"))
+            and item.get("status") in _CALL_STATUS
+        )
+    if "role" not in item or kind not in (None, "message"):
+        return False
+    try:
+        validate_easy_message(_default_input_image_details(item))
+    except ValidationError:
+        return False
+    return True
 
 
 def responses_input_errors(value: Any) -> list[dict[str, Any]]:
-    """ResponsesRequest.input's pydantic errors, as far as they are modelled. Exact: a value
-    that is neither a string nor a list (2 errors), and a non-object item (one error per
-    member: 61). An object item that fits no member is reported with the union's first lines
-    (the str branch, then EasyInputMessageParam's own errors, from pydantic on a copy of it);
-    vLLM goes on through the other 60 members (200-odd errors in all, of which its message
-    shows 10 and a count), which are not copied here, so that count is not reproduced."""
-    if isinstance(value, str):
+    """ResponsesRequest.input's pydantic errors (responses/protocol.py: ``str |
+    list[Annotated[ResponseInputOutputItem, BeforeValidator(_default_input_image_details)]]``),
+    from pydantic itself on the union generated from openai 3.57 (vllm_responses_items: 33
+    ResponseInputItemParam TypedDicts, then 28 ResponseOutputItem models), so a bad item gets
+    every member's errors (200-odd; validation.py shows 10 and the count)."""
+    if isinstance(value, str) or (isinstance(value, list) and all(map(_plain_item, value))):
         return []
-    first = _error("string_type", ("input",), "Input should be a valid string", value)
-    if not isinstance(value, list):
-        return [first, _error("list_type", ("input",), "Input should be a valid list", value)]
-    from msmall.simulator.vllm_messages import validate_easy_message
+    try:
+        _responses_input_adapter().validate_python(value)
+    except ValidationError as exc:
+        return _pydantic_errors(exc, ("body", "input"))
+    return []
 
-    errors: list[dict[str, Any]] = []
-    for n, raw in enumerate(value):
-        item = _default_input_image_details(raw)
-        at = ("input", n)
-        if not isinstance(item, dict):
-            errors += [
-                _error("dict_type", (*at, name), "Input should be a valid dictionary", item)
-                for name in _RESPONSE_ITEM_DICTS
-            ]
-            errors += [_model_type(item, (*at, name), name) for name in _RESPONSE_ITEM_MODELS]
-        elif _bad_response_item(item):
-            try:
-                validate_easy_message(item)
-            except ValidationError as exc:
-                errors += _pydantic_errors(exc, ("body", *at, "EasyInputMessageParam"))
-    return [first, *errors] if errors else []
+
+@cache
+def _responses_input_adapter() -> Any:
+    # Built on first use: importing the 330 generated types and building the union takes
+    # about half a second (once per process).
+    from typing import Annotated
+
+    from pydantic import BeforeValidator, ConfigDict, TypeAdapter
+
+    from msmall.simulator.vllm_responses_items import ResponseInputOutputItem
+
+    item = Annotated[ResponseInputOutputItem, BeforeValidator(_default_input_image_details)]
+    # ResponsesRequest is an OpenAIBaseModel: its extra="allow" reaches the TypedDicts.
+    return TypeAdapter(str | list[item], config=ConfigDict(extra="allow"))
 
 
 # chat_completion/protocol.py ChatCompletionRequest and completion/protocol.py
