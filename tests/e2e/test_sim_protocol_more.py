@@ -80,15 +80,13 @@ def test_bad_content_parts_fail_while_rendering_like_vllm(vllm: httpx.Client, ca
     [
         # An extra key on a part is kept and ignored (OpenAIBaseModel extra="allow").
         [{"role": "user", "content": [{"type": "text", "text": "hi", "extra": 1}]}],
-        # A tool message without tool_call_id fits CustomChatCompletionMessageParam.
-        [{"role": "tool", "content": "r"}],
         # An unknown key of the wrong type is not validated (reasoning_content -> reasoning).
         [{"role": "user", "content": "hi", "reasoning_content": 5}],
         # A plain string among the parts: CustomChatCompletionMessageParam takes it and
         # chat_message.py parse_chat_message_content_part reads it as text (400 on main).
         [{"role": "user", "content": [{"type": "text", "text": "a"}, "b"]}],
     ],
-    ids=["extra_part_key", "tool_without_id", "reasoning_content_int", "string_part"],
+    ids=["extra_part_key", "reasoning_content_int", "string_part"],
 )
 def test_messages_vllm_accepts_are_answered(vllm: httpx.Client, messages: list) -> None:
     """What vLLM 0.33 lets through validation and rendering (the ground-truth run answered
@@ -96,6 +94,25 @@ def test_messages_vllm_accepts_are_answered(vllm: httpx.Client, messages: list) 
     reply = vllm.post("/v1/chat/completions", json={"model": MODEL, "messages": messages})
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+@pytest.mark.parametrize("case", _cases("template"))
+def test_mistral_template_checks_like_vllm(vllm: httpx.Client, case: dict) -> None:
+    """After chat_message.py, vLLM applies the Mistral chat template (renderers/mistral.py
+    safe_apply_chat_template: every exception becomes a ValueError, 400 BadRequestError):
+    tokenizers/mistral.py _validate_apply_chat_template_args (last message from the
+    assistant with add_generation_prompt, the default; continue_final_message without one),
+    the conversion to mistral_common messages (unknown role; a tool message without
+    tool_call_id is a KeyError), mistral_common validator.py (role order, 9-character tool
+    call ids) and the encoder (an empty assistant message). Conversations it accepts are
+    served."""
+    body = {"model": MODEL, "messages": case["messages"], **case["flags"]}
+    reply = vllm.post("/v1/chat/completions", json=body)
+    if case["error"] is None:
+        assert reply.status_code == 200, reply.text
+        return
+    assert reply.status_code == 400
+    assert reply.json()["error"] == case["error"]
 
 
 @pytest.mark.parametrize("case", _cases("responses_exact"))

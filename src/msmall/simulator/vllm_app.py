@@ -39,6 +39,7 @@ from msmall.simulator.vllm_validation import (
     all_plain,
     check_chat_body,
     check_rendering,
+    check_template,
     model_validator_failure,
     normalize_messages,
     to_sim_parts,
@@ -93,6 +94,8 @@ class VllmDialect(Dialect):
         if deeper:
             check_rendering(body.get("messages"))
             to_sim_parts(body.get("messages"))
+        if chat_route:
+            check_template(body)
         for key in _INT_FIELDS + _FLOAT_FIELDS:
             if isinstance(body.get(key), str):
                 body[key] = float(body[key]) if key in _FLOAT_FIELDS else int(body[key])

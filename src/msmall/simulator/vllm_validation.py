@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from itertools import pairwise
 from typing import Any
 
 from pydantic import ValidationError
@@ -710,6 +711,93 @@ def _responses_input_adapter() -> Any:
     item = Annotated[ResponseInputOutputItem, BeforeValidator(_default_input_image_details)]
     # ResponsesRequest is an OpenAIBaseModel: its extra="allow" reaches the TypedDicts.
     return TypeAdapter(str | list[item], config=ConfigDict(extra="allow"))
+
+
+_MISTRAL_ROLES = ("system", "user", "assistant", "tool", "developer")
+# mistral_common/protocol/instruct/validator.py _validate_message_order: who may follow whom.
+_NEXT_ROLES = {
+    "system": ("user", "assistant", "system"),
+    "user": ("assistant", "system", "user"),
+    "assistant": ("assistant", "user", "tool"),
+    "tool": ("assistant", "tool", "user"),
+}
+_TOOL_CALL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")
+
+
+def _template_error(message: str) -> ChatError:
+    # renderers/mistral.py safe_apply_chat_template turns every exception into a ValueError,
+    # which error_response.py create_error_response answers 400 BadRequestError, no param.
+    return ChatError(message, 400, "BadRequestError", None)
+
+
+def check_template(body: dict[str, Any]) -> None:
+    """What applying the Mistral chat template refuses, after chat_message.py (renderers/
+    mistral.py MistralRenderer.render_messages -> tokenizers/mistral.py apply_chat_template
+    -> transformers' MistralCommonBackend -> mistral_common's validator, ValidationMode.test).
+    Only the checks whose texts were taken from running that code (with mistral_common's own
+    tekken file set to version v7, Mistral Small 3.1's): in order,
+    tokenizers/mistral.py _validate_apply_chat_template_args, the openai -> mistral_common
+    conversion (unknown role, tool message without tool_call_id: a KeyError's text),
+    validator.py _validate_message_list_structure (single message, last role, role order),
+    the 9-character tool call ids, and an empty assistant message."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    if not messages:
+        raise _template_error("list index out of range")  # messages[-1] of an empty list
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    if body.get("add_generation_prompt", True) and last.get("role") == "assistant":
+        raise _template_error(
+            "Cannot set `add_generation_prompt` to True when the last message is from the "
+            "assistant. Consider using `continue_final_message` instead."
+        )
+    continuing = bool(body.get("continue_final_message", False))
+    if continuing and last.get("role") != "assistant":
+        raise _template_error(
+            "Cannot set `continue_final_message` to True when the last message is not from "
+            "the assistant."
+        )
+    dicts = [m for m in messages if isinstance(m, dict)]
+    for msg in dicts:
+        role = msg.get("role")
+        if role not in _MISTRAL_ROLES:
+            raise _template_error(f"Unknown message role: {role}")
+        if role == "tool" and "tool_call_id" not in msg:
+            raise _template_error("'tool_call_id'")
+    roles = ["system" if m["role"] == "developer" else m["role"] for m in dicts]
+    if len(roles) == 1 and roles[0] not in ("user", "system"):
+        raise _template_error("Conversation must start with a user message or system message")
+    if (
+        len(roles) > 1
+        and roles[-1] not in ("user", "tool")
+        and not (roles[-1] == "assistant" and continuing)
+    ):
+        raise _template_error(
+            "Expected last role User or Tool (or Assistant with prefix) for serving but got "
+            f"{roles[-1]}"
+        )
+    for previous, current in pairwise(roles):
+        if current not in _NEXT_ROLES[previous]:
+            raise _template_error(f"Unexpected role '{current}' after role '{previous}'")
+    for msg in dicts:
+        ids = [
+            call.get("id")
+            for call in msg.get("tool_calls") or []
+            if isinstance(call, dict) and msg["role"] == "assistant"
+        ]
+        if msg["role"] == "tool":
+            ids.append(msg.get("tool_call_id"))
+        for call_id in ids:
+            if not isinstance(call_id, str) or not _TOOL_CALL_ID.match(call_id):
+                raise _template_error(
+                    f"Tool call id was {call_id} but must be a-z, A-Z, 0-9, with a length of 9."
+                )
+    for msg in dicts[:-1]:
+        if msg["role"] == "assistant" and msg.get("content") == "" and not msg.get("tool_calls"):
+            raise _template_error(
+                "Invalid assistant message: role='assistant' content='' tool_calls=None "
+                "prefix=False"
+            )
 
 
 # chat_completion/protocol.py ChatCompletionRequest and completion/protocol.py
