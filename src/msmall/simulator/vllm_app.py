@@ -85,7 +85,7 @@ class VllmDialect(Dialect):
         if chat_route:
             normalize_messages(body)
         errors = type_errors(body, "chat" if chat_route else "text")
-        # Messages every client sends pass the two later steps untouched (_all_plain).
+        # Messages every client sends need neither of the next two steps (all_plain).
         deeper = chat_route and not all_plain(body.get("messages"))
         if not errors and deeper:
             errors = tool_call_errors(body.get("messages"))
