@@ -36,8 +36,14 @@ from msmall.simulator.vllm_validation import (
     VLLMValidationError,
     _bad,
     _bool_fields,
+    all_plain,
     check_chat_body,
+    check_rendering,
+    check_template,
     model_validator_failure,
+    normalize_messages,
+    to_sim_parts,
+    tool_call_errors,
     type_errors,
     validation_failure,
     vllm_error,
@@ -76,9 +82,20 @@ class VllmDialect(Dialect):
         except VLLMValidationError as exc:
             raise model_validator_failure(exc, body) from None
         chat_route = "messages" in body or request.url.path.endswith("/chat/completions")
+        if chat_route:
+            normalize_messages(body)
         errors = type_errors(body, "chat" if chat_route else "text")
+        # Messages every client sends need neither of the next two steps (all_plain).
+        deeper = chat_route and not all_plain(body.get("messages"))
+        if not errors and deeper:
+            errors = tool_call_errors(body.get("messages"))
         if errors:
             raise validation_failure(errors, errors[0]["loc"])
+        if deeper:
+            check_rendering(body.get("messages"))
+            to_sim_parts(body.get("messages"))
+        if chat_route:
+            check_template(body)
         for key in _INT_FIELDS + _FLOAT_FIELDS:
             if isinstance(body.get(key), str):
                 body[key] = float(body[key]) if key in _FLOAT_FIELDS else int(body[key])

@@ -37,6 +37,7 @@ from msmall.simulator.vllm_validation import (
     _type_error,
     missing_error,
     model_validator_failure,
+    responses_input_errors,
     type_errors,
     validation_failure,
 )
@@ -269,6 +270,9 @@ def check_responses_body(body: dict[str, Any]) -> None:
         raise model_validator_failure(error, body)
     if "input" not in body:
         raise validation_failure([missing_error(("input",), body)], "body.input")
+    errors = responses_input_errors(body["input"])
+    if errors:
+        raise validation_failure(errors, "body.input")
 
 
 def _response_tool_choice(body: dict[str, Any]) -> Any:

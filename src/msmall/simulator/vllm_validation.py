@@ -4,8 +4,12 @@ Shared by the chat routes (vllm_app) and the other routes (vllm_extra)."""
 
 from __future__ import annotations
 
+import re
+from functools import cache
+from itertools import pairwise
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from msmall.simulator.chat import ChatError
@@ -351,59 +355,449 @@ def _stream_options_errors(value: Any, loc: Loc) -> list[dict]:
                                 ("continuous_usage_stats", _bool_errors, False)])  # fmt: skip
 
 
-# renderers/chat_utils/types.py ChatCompletionMessageParam: openai's six message TypedDicts,
-# vLLM's CustomChatCompletionMessageParam and openai_harmony's Message, with their required
-# fields in declaration order. A message with a (string) role always fits the custom one, so
-# only an item that is not an object, or has no role, fails; then every member reports.
-_MESSAGE_MEMBERS = (
-    ("ChatCompletionDeveloperMessageParam", ("content", "role"), "any"),
-    ("ChatCompletionSystemMessageParam", ("content", "role"), "any"),
-    ("ChatCompletionUserMessageParam", ("content", "role"), "any"),
-    ("ChatCompletionAssistantMessageParam", ("role",), "any"),
-    ("ChatCompletionToolMessageParam", ("content", "role", "tool_call_id"), "any"),
-    ("ChatCompletionFunctionMessageParam", ("content", "name", "role"), "str"),
-    ("CustomChatCompletionMessageParam", ("role",), "any"),
-    ("Message", ("author",), "list"),
-)
+# serve/exception_handling/handlers/validation.py _INTERNAL_LOC_MARKERS: pydantic-core's schema
+# kinds, dropped from an error's loc along with bracketed segments (clean_loc_for_param). A real
+# field called "arguments" (a tool call's) goes too, as it does in vLLM.
+_INTERNAL_LOC_MARKERS = frozenset({
+    "function-wrap", "function-after", "function-before", "function-plain", "json-or-python",
+    "lax-or-strict", "chain", "default", "nullable", "tagged-union", "union", "call",
+    "arguments", "is-instance", "is-subclass", "callable", "str", "int", "float", "bool",
+    "bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset", "complex", "none",
+    "nonetype",
+})  # fmt: skip
+_BRACKETED = re.compile(r"[\[\]{}()]")
 
 
-def _message_errors(value: Any, loc: Loc) -> list[dict]:
-    if not isinstance(value, dict):
-        errors = [
-            _error("dict_type", (*loc, member), "Input should be a valid dictionary", value)
-            for member, _, _ in _MESSAGE_MEMBERS[:-1]
-        ]
-        return [*errors, _model_type(value, (*loc, "Message"), "Message")]
-    content = value.get("content")
-    if "role" in value or not (
-        "content" not in value
-        or isinstance(content, str)
-        or (
-            isinstance(content, list)
-            and all(isinstance(p, dict) and p.get("type") == "text" for p in content)
-        )
-    ):
-        # Typed content errors differ per member (22 for `content: 3`): not modelled;
-        # parse_request answers those.
-        return []
-    errors: list[dict] = []
-    for member, required, content_kind in _MESSAGE_MEMBERS:
-        at = (*loc, member)
-        names = sorted({*required, "content"}) if member != "Message" else ["author", "content"]
-        for name in names:
-            if name == "content" and "content" in value:
-                if content_kind == "str" and not isinstance(content, str):
-                    errors += _str_errors(content, (*at, name))
-                elif content_kind == "list" and not isinstance(content, list):
-                    errors.append(
-                        _error("list_type", (*at, name), "Input should be a valid list", content)
-                    )
-            elif name in required and name not in value:
-                errors.append(missing_error((*at, name), value))
+def clean_loc(loc: Loc) -> str:
+    """validation.py clean_loc_for_param."""
+    parts = [
+        str(p)
+        for p in loc
+        if not (_BRACKETED.search(str(p)) or str(p).lower() in _INTERNAL_LOC_MARKERS)
+    ]
+    return ".".join(parts) if parts else ".".join(map(str, loc))
+
+
+def _pydantic_errors(exc: ValidationError, prefix: Loc) -> list[dict[str, Any]]:
+    """A pydantic ValidationError's errors as FastAPI hands them to validation.py (no url),
+    with _format_error's cleaned loc and summarised input."""
+    errors = []
+    for err in exc.errors(include_url=False):
+        err = dict(err)
+        err["loc"] = clean_loc((*prefix, *err["loc"]))
+        err["input"] = _summarise(err["input"])
+        errors.append(err)
     return errors
 
 
-_messages_check = _list_of(_message_errors)
+_PLAIN_ROLES = ("system", "user", "assistant", "developer")
+
+
+def _plain_part(part: Any) -> bool:
+    if not isinstance(part, dict):
+        return False
+    if part.get("type") == "text":
+        return part.keys() == {"type", "text"} and isinstance(part["text"], str)
+    if part.get("type") == "image_url" and part.keys() == {"type", "image_url"}:
+        url = part["image_url"]
+        return (
+            isinstance(url, dict)
+            and isinstance(url.get("url"), str)
+            and url.keys() <= {"url", "detail"}
+            and url.get("detail", "auto") in ("auto", "low", "high", "original")
+        )
+    return False
+
+
+def _plain_call(call: Any) -> bool:
+    function = call.get("function") if isinstance(call, dict) else None
+    return (
+        isinstance(function, dict)
+        and call.keys() == {"id", "type", "function"}
+        and isinstance(call["id"], str)
+        and call["type"] == "function"
+        and function.keys() == {"name", "arguments"}
+        and isinstance(function["name"], str)
+        and isinstance(function["arguments"], str)
+    )
+
+
+def _plain_message(msg: Any) -> bool:
+    """A message that certainly fits its own openai member, validates eagerly and renders
+    (what clients send nearly always): no need to run pydantic over the union for it. Every
+    other shape takes the full path below."""
+    if not isinstance(msg, dict):
+        return False
+    role = msg.get("role")
+    content = msg.get("content")
+    keys = msg.keys()
+    if "name" in msg and not isinstance(msg["name"], str):
+        return False
+    if role == "tool":
+        return (
+            keys <= {"role", "content", "tool_call_id", "name"}
+            and isinstance(content, str)
+            and isinstance(msg.get("tool_call_id"), str)
+        )
+    if role not in _PLAIN_ROLES:
+        return False
+    if role == "assistant":
+        calls = msg.get("tool_calls")
+        return (
+            keys <= {"role", "content", "name", "tool_calls"}
+            and (content is None or isinstance(content, str))
+            and (calls is None or (isinstance(calls, list) and all(map(_plain_call, calls))))
+        )
+    if not keys <= {"role", "content", "name"}:
+        return False
+    if isinstance(content, str):
+        return True
+    # Only a user message's parts may be images (openai's text-only members for the rest).
+    return role == "user" and isinstance(content, list) and all(map(_plain_part, content))
+
+
+def all_plain(messages: Any) -> bool:
+    """Whether every message is a _plain_message."""
+    return isinstance(messages, list) and all(map(_plain_message, messages))
+
+
+def _messages_check(value: Any, loc: Loc) -> list[dict]:
+    """``messages: list[ChatCompletionMessageParam]`` validated by pydantic itself against the
+    union copied in vllm_messages (22 errors for a user message with ``content: 5``)."""
+    if all_plain(value):
+        return []
+    from msmall.simulator.vllm_messages import messages_adapter
+
+    try:
+        messages_adapter().validate_python(value)
+    except ValidationError as exc:
+        return _pydantic_errors(exc, ("body", *loc))
+    return []
+
+
+def normalize_messages(body: dict[str, Any]) -> None:
+    """chat_completion/protocol.py ChatCompletionRequest._normalize_messages_before (a "before"
+    validator that runs after the ones check_chat_body copies): a tool_calls that is not a list
+    becomes ``list(tool_calls)`` (a dict becomes its keys), reasoning_content becomes
+    reasoning. ``list()`` of a number raises TypeError, which pydantic does not catch: vLLM's
+    fallback handler answers it (handlers/exception.py -> error_response.py
+    create_error_response: 400 BadRequestError, no param)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        calls = msg.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            try:
+                msg["tool_calls"] = list(calls)
+            except TypeError as exc:
+                raise ChatError(str(exc), 400, "BadRequestError", None) from None
+        reasoning = msg.pop("reasoning_content", None)
+        if reasoning is not None and msg.get("reasoning") is None:
+            msg["reasoning"] = reasoning
+
+
+def tool_call_errors(messages: Any) -> list[dict[str, Any]]:
+    """chat_completion/protocol.py ChatCompletionRequest._materialize_tool_calls_after, run once
+    the whole request validated: ChatCompletionAssistantMessageParam.tool_calls is an
+    ``Iterable`` that pydantic checks lazily, so a malformed call fails only here, at
+    ``list()``, with a loc relative to the iterator (``body.0.<member>.<field>``) and only
+    the first bad call's errors."""
+    if (
+        not isinstance(messages, list)
+        or not any(isinstance(m, dict) and m.get("tool_calls") is not None for m in messages)
+        or all_plain(messages)
+    ):
+        return []
+    from msmall.simulator.vllm_messages import messages_adapter
+
+    for msg in messages_adapter().validate_python(messages):
+        calls = msg.get("tool_calls") if isinstance(msg, dict) else None
+        if calls is not None and not isinstance(calls, list):
+            try:
+                list(calls)
+            except ValidationError as exc:
+                return _pydantic_errors(exc, ("body",))
+    return []
+
+
+# renderers/chat_utils/chat_message.py MM_PARSER_MAP's keys and PART_TYPES_TO_SKIP_NONE_CONTENT,
+# as parse_chat_message_content_part lists them for an unsupported part type.
+_PART_TYPES = ("audio_embeds", "audio_url", "image_embeds", "image_pil", "image_url",
+               "input_audio", "input_image", "input_text", "output_text", "prompt_embeds",
+               "refusal", "text", "thinking", "tool_reference", "video_embeds", "video_url")  # fmt: skip
+_DIRECT_PART_KEYS = ("image_url", "image_pil", "image_embeds", "audio_embeds", "video_embeds",
+                     "prompt_embeds", "audio_url", "input_audio", "video_url", "tool_reference")  # fmt: skip
+
+
+def sanitize_message(message: str) -> str:
+    """serve/exception_handling/utils.py sanitize_message."""
+    message = re.sub(r" at 0x[0-9a-fA-F]+>", ">", message)
+    message = re.sub(r'\n?\s*File "[^"]+", line \d+, in \S+(\n\s+.*)?', "", message)
+    message = re.sub(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message)
+    message = re.sub(r"(?:/[\w\-]+)+/[\w\-]+\.\w+", "<path>", message)
+    return message.strip()
+
+
+def _check_part(part: Any) -> None:
+    """chat_message.py parse_chat_message_content_part / parse_chat_message_content_mm_part for
+    one part of a list content, up to where the simulator stops modelling (media loading)."""
+    if isinstance(part, str) or not isinstance(part, dict):
+        return
+    kind = part.get("type")
+    if isinstance(kind, str) and kind in _PART_TYPES and part.get("uuid") is None:
+        if kind == "image_url":
+            from msmall.simulator.vllm_messages import image_part_adapter
+
+            # _ImageParser: the part is validated again, eagerly, as openai's image part.
+            image_part_adapter().validate_python(part)
+        return
+    if kind is None or part.get("uuid") is not None:
+        if any(key in part for key in _DIRECT_PART_KEYS):
+            return
+        raise VLLMValidationError("Missing 'type' field in multimodal part.", parameter="type")
+    if not isinstance(kind, str):
+        raise VLLMValidationError("Invalid 'type' field in multimodal part.", parameter="type")
+    raise VLLMValidationError(
+        f"Unsupported chat content part type: {kind!r}. Supported types: {', '.join(_PART_TYPES)}.",
+        parameter="type",
+        value=kind,
+    )
+
+
+_TEXT_FIELDS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
+                "thinking": "thinking"}  # fmt: skip
+
+
+def _as_sim_part(part: Any) -> Any:
+    """One part that vLLM accepted, in the two kinds the shared chat code reads (text,
+    image_url), following chat_message.py parse_chat_message_content_mm_part: a plain string
+    is text, TEXT_PART_TYPES carry their text under MM_PARSER_MAP's key, input_image and a
+    typeless part with image_url are images. Text parts without text are skipped
+    (PART_TYPES_TO_SKIP_NONE_CONTENT). Other kinds are left for the chat code to refuse."""
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if not isinstance(part, dict):
+        return part
+    kind = part.get("type")
+    if kind in _TEXT_FIELDS:
+        text = part.get(_TEXT_FIELDS[kind])
+        return None if text is None else {"type": "text", "text": text}
+    if kind == "input_image" or (kind is None and "image_url" in part):
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        return {"type": "image_url", "image_url": {"url": url}}
+    return part
+
+
+def to_sim_parts(messages: Any) -> None:
+    """Rewrites list contents that passed check_rendering into the simulator's vocabulary."""
+    if not isinstance(messages, list):
+        return
+    for msg in messages:
+        if isinstance(msg, dict) and isinstance(msg.get("content"), list):
+            parts = (_as_sim_part(p) for p in msg["content"])
+            msg["content"] = [p for p in parts if p is not None]
+
+
+def check_rendering(messages: Any) -> None:
+    """What vLLM checks after validation, while rendering the prompt
+    (renderers/mistral.py MistralRenderer.render_messages -> chat_message.py
+    parse_chat_messages -> parse_chat_message_content): an ``Iterable`` content that pydantic
+    accepted lazily is iterated here, so a bad part fails now, as a raw pydantic
+    ValidationError ("N validation errors for ValidatorIterator" ...); then each part's type is
+    checked. Both answer through error_response.py create_error_response: 400
+    BadRequestError, param None for the ValidationError (a ValueError), ``type`` for
+    VLLMValidationError. Raises the ChatError to answer, or returns."""
+    if not isinstance(messages, list) or all_plain(messages):
+        return
+    from msmall.simulator.vllm_messages import messages_adapter
+
+    try:
+        for msg in messages_adapter().validate_python(messages):
+            if not isinstance(msg, dict):
+                continue
+            content = msg.get("content")
+            if content is None or isinstance(content, str):
+                continue
+            if msg.get("role") == "system":
+                # _strip_claude_code_billing_header walks the whole list first.
+                content = list(content)
+            for part in content:
+                _check_part(part)
+    except ValidationError as exc:
+        raise ChatError(sanitize_message(str(exc)), 400, "BadRequestError", None) from None
+    except VLLMValidationError as exc:
+        raise _bad(exc) from None
+
+
+def _default_input_image_details(item: Any) -> Any:
+    """responses/protocol.py _default_input_image_details, the items' BeforeValidator."""
+    if not isinstance(item, dict) or not isinstance(item.get("content"), list):
+        return item
+    parts = [
+        {**p, "detail": "auto"}
+        if isinstance(p, dict) and p.get("type") == "input_image" and "detail" not in p
+        else p
+        for p in item["content"]
+    ]
+    return {**item, "content": parts}
+
+
+_CALL_STATUS = (None, "in_progress", "completed", "incomplete")
+
+
+def _plain_item(item: Any) -> bool:
+    """An input item that certainly fits a member of ResponseInputOutputItem (an easy
+    message, or a function_call / function_call_output of the plain shape clients send), so
+    the 61-member union need not run for it."""
+    from msmall.simulator.vllm_messages import validate_easy_message
+
+    if not isinstance(item, dict):
+        return False
+    kind = item.get("type")
+    if kind == "function_call":
+        # ResponseFunctionToolCallParam: arguments, call_id, name are required strings.
+        return (
+            item.keys() <= {"type", "call_id", "name", "arguments", "id", "status"}
+            and all(isinstance(item.get(k), str) for k in ("call_id", "name", "arguments"))
+            and isinstance(item.get("id", ""), str)
+            and item.get("status") in _CALL_STATUS
+        )
+    if kind == "function_call_output":
+        # FunctionCallOutput: output is required, call_id and id are optional.
+        return (
+            item.keys() <= {"type", "call_id", "output", "id", "status"}
+            and isinstance(item.get("output"), str)
+            and all(isinstance(item.get(k), (str, type(None))) for k in ("call_id", "id"))
+            and item.get("status") in _CALL_STATUS
+        )
+    if "role" not in item or kind not in (None, "message"):
+        return False
+    try:
+        validate_easy_message(_default_input_image_details(item))
+    except ValidationError:
+        return False
+    return True
+
+
+def responses_input_errors(value: Any) -> list[dict[str, Any]]:
+    """ResponsesRequest.input's pydantic errors (responses/protocol.py: ``str |
+    list[Annotated[ResponseInputOutputItem, BeforeValidator(_default_input_image_details)]]``),
+    from pydantic itself on the union generated from openai 3.57 (vllm_responses_items: 33
+    ResponseInputItemParam TypedDicts, then 28 ResponseOutputItem models), so a bad item gets
+    every member's errors (200-odd; validation.py shows 10 and the count)."""
+    if isinstance(value, str) or (isinstance(value, list) and all(map(_plain_item, value))):
+        return []
+    try:
+        _responses_input_adapter().validate_python(value)
+    except ValidationError as exc:
+        return _pydantic_errors(exc, ("body", "input"))
+    return []
+
+
+@cache
+def _responses_input_adapter() -> Any:
+    # Built on first use: importing the 330 generated types and building the union takes
+    # about half a second (once per process).
+    from typing import Annotated
+
+    from pydantic import BeforeValidator, ConfigDict, TypeAdapter
+
+    from msmall.simulator.vllm_responses_items import ResponseInputOutputItem
+
+    item = Annotated[ResponseInputOutputItem, BeforeValidator(_default_input_image_details)]
+    # ResponsesRequest is an OpenAIBaseModel: its extra="allow" reaches the TypedDicts.
+    return TypeAdapter(str | list[item], config=ConfigDict(extra="allow"))
+
+
+_MISTRAL_ROLES = ("system", "user", "assistant", "tool", "developer")
+# mistral_common/protocol/instruct/validator.py _validate_message_order: who may follow whom.
+_NEXT_ROLES = {
+    "system": ("user", "assistant", "system"),
+    "user": ("assistant", "system", "user"),
+    "assistant": ("assistant", "user", "tool"),
+    "tool": ("assistant", "tool", "user"),
+}
+_TOOL_CALL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")
+
+
+def _template_error(message: str) -> ChatError:
+    # renderers/mistral.py safe_apply_chat_template turns every exception into a ValueError,
+    # which error_response.py create_error_response answers 400 BadRequestError, no param.
+    return ChatError(message, 400, "BadRequestError", None)
+
+
+def check_template(body: dict[str, Any]) -> None:
+    """What applying the Mistral chat template refuses, after chat_message.py (renderers/
+    mistral.py MistralRenderer.render_messages -> tokenizers/mistral.py apply_chat_template
+    -> transformers' MistralCommonBackend -> mistral_common's validator, ValidationMode.test).
+    Only the checks whose texts were taken from running that code (with mistral_common's own
+    tekken file set to version v7, Mistral Small 3.1's): in order,
+    tokenizers/mistral.py _validate_apply_chat_template_args, the openai -> mistral_common
+    conversion (unknown role, tool message without tool_call_id: a KeyError's text),
+    validator.py _validate_message_list_structure (single message, last role, role order),
+    the 9-character tool call ids, and an empty assistant message."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    if not messages:
+        raise _template_error("list index out of range")  # messages[-1] of an empty list
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    if body.get("add_generation_prompt", True) and last.get("role") == "assistant":
+        raise _template_error(
+            "Cannot set `add_generation_prompt` to True when the last message is from the "
+            "assistant. Consider using `continue_final_message` instead."
+        )
+    continuing = bool(body.get("continue_final_message", False))
+    if continuing and last.get("role") != "assistant":
+        raise _template_error(
+            "Cannot set `continue_final_message` to True when the last message is not from "
+            "the assistant."
+        )
+    dicts = [m for m in messages if isinstance(m, dict)]
+    for msg in dicts:
+        role = msg.get("role")
+        if role not in _MISTRAL_ROLES:
+            raise _template_error(f"Unknown message role: {role}")
+        if role == "tool" and "tool_call_id" not in msg:
+            raise _template_error("'tool_call_id'")
+    roles = ["system" if m["role"] == "developer" else m["role"] for m in dicts]
+    if len(roles) == 1 and roles[0] not in ("user", "system"):
+        raise _template_error("Conversation must start with a user message or system message")
+    if (
+        len(roles) > 1
+        and roles[-1] not in ("user", "tool")
+        and not (roles[-1] == "assistant" and continuing)
+    ):
+        raise _template_error(
+            "Expected last role User or Tool (or Assistant with prefix) for serving but got "
+            f"{roles[-1]}"
+        )
+    for previous, current in pairwise(roles):
+        if current not in _NEXT_ROLES[previous]:
+            raise _template_error(f"Unexpected role '{current}' after role '{previous}'")
+    for msg in dicts:
+        ids = [
+            call.get("id")
+            for call in msg.get("tool_calls") or []
+            if isinstance(call, dict) and msg["role"] == "assistant"
+        ]
+        if msg["role"] == "tool":
+            ids.append(msg.get("tool_call_id"))
+        for call_id in ids:
+            if not isinstance(call_id, str) or not _TOOL_CALL_ID.match(call_id):
+                raise _template_error(
+                    f"Tool call id was {call_id} but must be a-z, A-Z, 0-9, with a length of 9."
+                )
+    for msg in dicts[:-1]:
+        if msg["role"] == "assistant" and msg.get("content") == "" and not msg.get("tool_calls"):
+            raise _template_error(
+                "Invalid assistant message: role='assistant' content='' tool_calls=None "
+                "prefix=False"
+            )
 
 
 # chat_completion/protocol.py ChatCompletionRequest and completion/protocol.py
