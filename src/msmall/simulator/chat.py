@@ -679,9 +679,20 @@ async def _stream(
                 yield sse(with_usage(chunk))
     else:
         first = dialect.first_delta()
+        # vLLM sends the role chunk when the first token is out (chat_completion/serving.py,
+        # first_iteration), right before that token's chunk: both go in one write here, so
+        # a burst of first tokens costs one trip through the ASGI send path each, not two.
+        head = b""
         if first is not None:
-            for index in choices:
-                yield sse(with_usage(dialect.chunk(cid, chat, first, None, index)))
+            head = b"".join(
+                sse(with_usage(dialect.chunk(cid, chat, first, None, index))) for index in choices
+            )
+
+        def joined(data: bytes) -> bytes:
+            nonlocal head
+            if head:
+                data, head = head + data, b""
+            return data
 
         def delta_of(step: int, delta: dict) -> dict:
             # Ollama (openai/openai.go ToStreamChunks, includeRole): the role only once.
@@ -696,7 +707,7 @@ async def _stream(
                 seq.emitted()
                 for index in choices:
                     chunk = dialect.chunk(cid, chat, delta_of(step, delta), None, index)
-                    yield sse(with_usage(chunk))
+                    yield joined(sse(with_usage(chunk)))
         else:
             # vLLM (chat_completion/serving.py chat_completion_stream_generator): the engine
             # output that hits max_tokens holds the last token's text and the finish_reason,
@@ -717,10 +728,14 @@ async def _stream(
                 final = merged and step == len(completion.deltas) - 1
                 if plain and (step or first is not None) and not final:
                     for index in choices:
-                        yield templated(
-                            index,
-                            lambda t, i=index: dialect.chunk(cid, chat, {"content": t}, None, i),
-                        )(piece)
+                        yield joined(
+                            templated(
+                                index,
+                                lambda t, i=index: dialect.chunk(
+                                    cid, chat, {"content": t}, None, i
+                                ),
+                            )(piece)
+                        )
                     continue
                 for index in choices:
                     delta = delta_of(step, {"content": piece})
@@ -732,7 +747,9 @@ async def _stream(
                         chunk["choices"][0]["logprobs"] = {
                             "content": logprobs_content([piece], chat.top_logprobs)
                         }
-                    yield sse(with_usage(chunk))
+                    yield joined(sse(with_usage(chunk)))
+        if head:  # no token followed the role chunk: it goes out at once, as before
+            yield joined(b"")
         await _eos_step(state, seq, completion)
         generated = completion.completion_tokens * chat.n
         if not merged:
