@@ -622,7 +622,6 @@ async def _stream(
     state = dialect.state
     cid = dialect.completion_id(chat.kind, chat)
     choices = range(chat.n)
-    await seq.wait_first(state.stop)
     generated = 0
 
     def with_usage(chunk: dict) -> dict:
@@ -634,23 +633,29 @@ async def _stream(
 
     # The hot path of a load test: a middle token's chunk is a JSON template with the text
     # spliced in (one json.dumps of a string instead of a whole dict per token). The chunk's
-    # "created" stays the same across the stream, as in vLLM (created_time).
+    # "created" stays the same across the stream, as in vLLM (created_time, taken when the
+    # request starts). Templates (and the role chunk below) are made before the first token
+    # is due, not in the burst of first tokens that a wave of requests brings.
     plain = not chat.logprobs and not chat.continuous_usage
-    templates: dict[int, tuple[str, str]] = {}
 
-    def templated(index: int, build: Any) -> Any:
-        if index not in templates:
-            text = json.dumps(build(_MARK), separators=(",", ":"))
-            head, _, tail = text.partition(json.dumps(_MARK))
-            templates[index] = ("data: " + head, tail + "\n\n")
+    def templated(build: Any) -> Any:
+        text = json.dumps(build(_MARK), separators=(",", ":"))
+        head, _, tail = text.partition(json.dumps(_MARK))
+        head, tail = "data: " + head, tail + "\n\n"
+        dumps = json.dumps
 
         def render(piece: str) -> bytes:
-            head, tail = templates[index]
-            return (head + json.dumps(piece) + tail).encode()
+            return (head + dumps(piece) + tail).encode()
 
         return render
 
     if chat.kind == "text":
+        renders = (
+            [templated(lambda t, i=i: dialect.text_chunk(cid, chat, t, None, i)) for i in choices]
+            if plain
+            else []
+        )
+        await seq.wait_first(state.stop)
         # After an EOS the finish rides on a chunk of its own, text "", one decode step after
         # the last token (completion/serving.py streams the EOS token's output like any other).
         pieces = [*completion.deltas, ""] if completion.eos else completion.deltas
@@ -663,10 +668,8 @@ async def _stream(
                 generated = completion.completion_tokens * chat.n
             seq.emitted()
             if plain and not last:
-                for index in choices:
-                    yield templated(
-                        index, lambda t, i=index: dialect.text_chunk(cid, chat, t, None, i)
-                    )(piece)
+                for render in renders:
+                    yield render(piece)
                 continue
             for index in choices:
                 chunk = dialect.text_chunk(
@@ -693,6 +696,16 @@ async def _stream(
             if head:
                 data, head = head + data, b""
             return data
+
+        renders = (
+            [
+                templated(lambda t, i=i: dialect.chunk(cid, chat, {"content": t}, None, i))
+                for i in choices
+            ]
+            if plain
+            else []
+        )
+        await seq.wait_first(state.stop)
 
         def delta_of(step: int, delta: dict) -> dict:
             # Ollama (openai/openai.go ToStreamChunks, includeRole): the role only once.
@@ -727,15 +740,8 @@ async def _stream(
                 seq.emitted()
                 final = merged and step == len(completion.deltas) - 1
                 if plain and (step or first is not None) and not final:
-                    for index in choices:
-                        yield joined(
-                            templated(
-                                index,
-                                lambda t, i=index: dialect.chunk(
-                                    cid, chat, {"content": t}, None, i
-                                ),
-                            )(piece)
-                        )
+                    for render in renders:
+                        yield joined(render(piece))
                     continue
                 for index in choices:
                     delta = delta_of(step, {"content": piece})
@@ -769,9 +775,10 @@ async def _stream(
     # streams). Taking turns, each request is read as it comes and its first token is due
     # on its own.
     await state.engine.turn()
+    done = sse("[DONE]")
     if chat.include_usage:
-        yield sse(dialect.usage_chunk(cid, chat, usage(chat, completion)))
-    yield sse("[DONE]")
+        done = sse(dialect.usage_chunk(cid, chat, usage(chat, completion))) + done
+    yield done  # one write with the end of the body (streaming.TokenStream)
 
 
 def is_integral(value: Any) -> bool:
