@@ -773,7 +773,12 @@ async def _stream(
     # meanwhile were read (their TTFT clock started) that much late, all at once, and their
     # first tokens then fell due together and left one after another (+2-5 % TTFT at 64
     # streams). Taking turns, each request is read as it comes and its first token is due
-    # on its own.
+    # on its own. The sequence is finished first: the engine frees a request's KV blocks and
+    # records its latencies when its last token is out (vLLM: the scheduler step that finishes
+    # it, v1/core/sched/scheduler.py update_from_output -> _free_request), not when the server
+    # has sent the tail; held through the turns, the blocks of 256 ending streams made running
+    # ones preempt.
+    seq.finish()
     await state.engine.turn()
     done = sse("[DONE]")
     if chat.include_usage:
