@@ -24,9 +24,10 @@ DONE = b"data: [DONE]\n\n"
 class TokenStream(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         # Starlette's, except that the chunk ending in the OpenAI stream's last event,
-        # ``data: [DONE]``, is sent as the end of the body: uvicorn then writes it and the
-        # terminating zero-length chunk at once (httptools_impl.py / h11_impl.py send), one
-        # write instead of two for each of the streams that end together in a load test.
+        # ``data: [DONE]``, is sent as the end of the body: uvicorn's httptools protocol then
+        # writes it and the terminating zero-length chunk at once (httptools_impl.py
+        # RequestResponseCycle.send; h11_impl.py still writes them apart), one write instead of
+        # two for each of the streams that end together in a load test.
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
