@@ -242,3 +242,46 @@ def test_run_request_counts_the_tokens_the_full_rule_counts(vision: bool) -> Non
     assert result.chunks == expected
     assert result.usage_tokens == 3  # the last usage chunk wins
     assert result.ttft == 1.0  # the first chunk, " fox", is a token
+
+
+def test_one_chunk_per_read_takes_the_fast_path_and_parses_the_same() -> None:
+    """The shape of a token stream: the head, then one whole chunk per read. The one-chunk
+    path must hand over exactly what the general parser does, and leave every other shape
+    (an extension, two chunks in a read, a size that does not match, the last chunk) to it."""
+    pieces = [b'data: {"a":1}\n\n', b"y" * 300, b"z", b"data: [DONE]\n\n"]
+    reads = [HEAD] + [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces[:2]]
+    reads += [b"1;ext=1\r\nz\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(pieces[3]), pieces[3])]
+    loop = asyncio.new_event_loop()
+    try:
+        got: list[bytes] = []
+        ex = client._Exchange(loop.create_future(), lambda ts, data: got.append(data))
+        done = [ex.feed(1.0, r) for r in reads]
+        assert got == pieces and done == [False] * 4 + [True]
+        # a read whose size line promises more than it holds waits for the rest
+        got.clear()
+        ex = client._Exchange(loop.create_future(), lambda ts, data: got.append(data))
+        ex.feed(1.0, HEAD)
+        assert ex.feed(1.0, b"5\r\nabc") is False and got == []
+        assert ex.feed(1.0, b"de\r\n") is False and got == [b"abcde"]
+        with pytest.raises(HttpError):  # a size line that is not hex, alone in its read
+            ex.feed(1.0, b"zz\r\nabc\r\n")
+    finally:
+        loop.close()
+
+
+def test_a_level_runs_with_the_heap_frozen_and_fewer_collections() -> None:
+    import gc
+
+    seen: list[tuple[int, int]] = []
+
+    class Probe(runner.Runner):
+        async def closed_loop(self, spec, progress=None):  # type: ignore[override]
+            seen.append((gc.get_freeze_count(), gc.get_threshold()[0]))
+            return "ok"
+
+    before = gc.get_threshold()
+    probe = Probe(Target.from_url("http://127.0.0.1:1"), None)  # type: ignore[arg-type]
+    assert eventloop.run(probe.run_level(runner.LevelSpec(concurrency=1))) == "ok"
+    frozen, young = seen[0]
+    assert frozen > 1000 and young == runner.GC_YOUNG_THRESHOLD
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0  # undone after

@@ -106,3 +106,67 @@ def test_a_cancelled_turn_is_skipped() -> None:
         return order
 
     assert asyncio.run(run()) == ["a", "c"]
+
+
+def _chat_streams(count: int, tokens: int = 3):
+    """`count` vLLM-flavour chat streams of `tokens` tokens on one simulated engine with no
+    injected latency (every token due at once), with the engine's state."""
+    from msmall.simulator.chat import complete, parse_request, stream_chunks
+    from msmall.simulator.config import SimulatorConfig
+    from msmall.simulator.state import SimState
+    from msmall.simulator.vllm_app import VllmDialect
+
+    state = SimState(SimulatorConfig(quiet=True))
+    dialect = VllmDialect(state)
+    body = {
+        "model": "mistral-small-3.1",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    streams = []
+    for _ in range(count):
+        chat = parse_request(dict(body), dialect, "chat")
+        streams.append(stream_chunks(chat, complete(chat, dialect), dialect, time.monotonic()))
+    return state, streams
+
+
+def test_streams_that_end_together_end_in_separate_loop_iterations() -> None:
+    """The tails of streams whose last tokens fall due together (usage, [DONE], the end of
+    the body) take turns, one per loop iteration, so what else the loop has to do runs in
+    between: a request's bytes that arrive as the first stream ends are read (its TTFT clock
+    starts, server.StampedHttpTools) before the other tails, not after all of them (+2-5 %
+    TTFT at 64 streams before)."""
+
+    async def run() -> tuple[list[int], list[str]]:
+        loop = asyncio.get_running_loop()
+        iteration = itertools.count()
+        now = [0]
+
+        def tick() -> None:  # counts loop iterations: one call per iteration
+            now[0] = next(iteration)
+            loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        _, streams = _chat_streams(6)
+        done_at: list[int] = []
+        order: list[str] = []
+
+        async def consume(stream) -> None:
+            async for item in stream:
+                if b"[DONE]" in item:
+                    done_at.append(now[0])
+                    order.append("tail")
+                    if len(order) == 1:
+                        # Ready for the next iteration, as a socket's read callback would be.
+                        loop.call_soon(order.append, "read")
+
+        await asyncio.wait_for(asyncio.gather(*(consume(s) for s in streams)), 10)
+        return done_at, order
+
+    done_at, order = eventloop.run(run())
+    assert len(done_at) == 6
+    assert len(set(done_at)) == 6, done_at  # back to back in one iteration before
+    assert order.index("read") == 1, order  # right after the first tail, not behind them all

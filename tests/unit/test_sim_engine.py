@@ -284,3 +284,19 @@ def test_a_started_harness_is_not_started_twice() -> None:
     finally:
         engine.stop()
     assert first.poll() is not None
+
+
+def test_tpot_and_inference_time_end_at_the_last_token() -> None:
+    """vllm/v1/metrics/stats.py update_from_finished_request: decode_time and inference_time
+    end at last_token_ts; the response's tail (usage, [DONE]) sent after it is not decode."""
+    engine = EngineModel(max_num_seqs=8, kv_tokens=1000, ttft=0.2, tpot=0.02)
+
+    async def run():
+        return await engine.admit(10, arrived=100.0)
+
+    seq = asyncio.run(run())
+    seq.first_at, seq.last_at, seq.tokens = 100.2, 100.2 + 9 * 0.02, 10
+    seq.finish()  # now, long after the last token
+    tpot, inference = engine.hist["tpot"], engine.hist["inference"]
+    assert tpot.count == 1 and tpot.total == pytest.approx(0.02)
+    assert inference.total == pytest.approx(0.2 + 9 * 0.02)

@@ -21,12 +21,15 @@ the figures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import math
 import random
+import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +48,10 @@ REQUEST_TIMEOUT_S = 600.0
 _DECODER = json.JSONDecoder()
 _CONTENT = b'"delta":{"content":"'
 _CONTENT_END = len(_CONTENT)
+# Keys the full decode acts on. One regex pass: `key in payload` on bytes first tries the key
+# as an integer and formats (then drops) a TypeError every time in CPython 3.11
+# (bytes_methods.c _Py_bytes_contains), which made five such tests 4.3 us a chunk; this is 2.0.
+_NEWS = re.compile(rb'"(?:tool_calls"|usage":\{|reasoning|error"|role")')
 
 
 def _is_plain_token(payload: bytes) -> bool:
@@ -58,13 +65,7 @@ def _is_plain_token(payload: bytes) -> bool:
     at = payload.find(_CONTENT)
     if at < 0 or payload[at + _CONTENT_END : at + _CONTENT_END + 1] == b'"':
         return False
-    return not (
-        b'"tool_calls"' in payload
-        or b'"usage":{' in payload
-        or b'"reasoning' in payload
-        or b'"error"' in payload
-        or b'"role"' in payload
-    )
+    return _NEWS.search(payload) is None
 
 
 @dataclass
@@ -324,6 +325,34 @@ class Monitor:
 
 Progress = Callable[[int, int | None], None]
 
+# Young-generation threshold during a level (CPython's default is 700 allocations).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Fewer, cheaper garbage collections while a level runs; every pause is lag on the
+    timestamps taken meanwhile.
+
+    What is alive before the level (imported modules, earlier levels' results) is collected
+    once and frozen, so the level's collections do not walk it: a full collection of msmall's
+    heap took 25-40 ms here. vLLM does the same once its server has started
+    (vllm/entrypoints/launchers/utils/server_utils.py, utils/gc_utils.py freeze_gc_heap).
+    Young collections come every 50,000 container allocations instead of 700: a streamed token
+    allocates almost none (bytes and floats are not tracked), so at 256 streams the default
+    meant ~200 young and ~18 older collections (1-3 ms each) in a 6 s level, now a handful.
+    Both are undone when the level ends.
+    """
+    old = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+
 
 class Runner:
     def __init__(
@@ -481,9 +510,10 @@ class Runner:
         )
 
     async def run_level(self, spec: LevelSpec, progress: Progress | None = None) -> LevelOutcome:
-        if spec.rate is not None:
-            return await self.open_loop(spec, progress)
-        return await self.closed_loop(spec, progress)
+        with quiet_gc():
+            if spec.rate is not None:
+                return await self.open_loop(spec, progress)
+            return await self.closed_loop(spec, progress)
 
 
 def level_json(outcome: LevelOutcome, slo: dict[str, float] | None) -> dict[str, Any]:

@@ -622,7 +622,6 @@ async def _stream(
     state = dialect.state
     cid = dialect.completion_id(chat.kind, chat)
     choices = range(chat.n)
-    await seq.wait_first(state.stop)
     generated = 0
 
     def with_usage(chunk: dict) -> dict:
@@ -634,23 +633,29 @@ async def _stream(
 
     # The hot path of a load test: a middle token's chunk is a JSON template with the text
     # spliced in (one json.dumps of a string instead of a whole dict per token). The chunk's
-    # "created" stays the same across the stream, as in vLLM (created_time).
+    # "created" stays the same across the stream, as in vLLM (created_time, taken when the
+    # request starts). Templates (and the role chunk below) are made before the first token
+    # is due, not in the burst of first tokens that a wave of requests brings.
     plain = not chat.logprobs and not chat.continuous_usage
-    templates: dict[int, tuple[str, str]] = {}
 
-    def templated(index: int, build: Any) -> Any:
-        if index not in templates:
-            text = json.dumps(build(_MARK), separators=(",", ":"))
-            head, _, tail = text.partition(json.dumps(_MARK))
-            templates[index] = ("data: " + head, tail + "\n\n")
+    def templated(build: Any) -> Any:
+        text = json.dumps(build(_MARK), separators=(",", ":"))
+        head, _, tail = text.partition(json.dumps(_MARK))
+        head, tail = "data: " + head, tail + "\n\n"
+        dumps = json.dumps
 
         def render(piece: str) -> bytes:
-            head, tail = templates[index]
-            return (head + json.dumps(piece) + tail).encode()
+            return (head + dumps(piece) + tail).encode()
 
         return render
 
     if chat.kind == "text":
+        renders = (
+            [templated(lambda t, i=i: dialect.text_chunk(cid, chat, t, None, i)) for i in choices]
+            if plain
+            else []
+        )
+        await seq.wait_first(state.stop)
         # After an EOS the finish rides on a chunk of its own, text "", one decode step after
         # the last token (completion/serving.py streams the EOS token's output like any other).
         pieces = [*completion.deltas, ""] if completion.eos else completion.deltas
@@ -663,10 +668,8 @@ async def _stream(
                 generated = completion.completion_tokens * chat.n
             seq.emitted()
             if plain and not last:
-                for index in choices:
-                    yield templated(
-                        index, lambda t, i=index: dialect.text_chunk(cid, chat, t, None, i)
-                    )(piece)
+                for render in renders:
+                    yield render(piece)
                 continue
             for index in choices:
                 chunk = dialect.text_chunk(
@@ -679,9 +682,30 @@ async def _stream(
                 yield sse(with_usage(chunk))
     else:
         first = dialect.first_delta()
+        # vLLM sends the role chunk when the first token is out (chat_completion/serving.py,
+        # first_iteration), right before that token's chunk: both go in one write here, so
+        # a burst of first tokens costs one trip through the ASGI send path each, not two.
+        head = b""
         if first is not None:
-            for index in choices:
-                yield sse(with_usage(dialect.chunk(cid, chat, first, None, index)))
+            head = b"".join(
+                sse(with_usage(dialect.chunk(cid, chat, first, None, index))) for index in choices
+            )
+
+        def joined(data: bytes) -> bytes:
+            nonlocal head
+            if head:
+                data, head = head + data, b""
+            return data
+
+        renders = (
+            [
+                templated(lambda t, i=i: dialect.chunk(cid, chat, {"content": t}, None, i))
+                for i in choices
+            ]
+            if plain
+            else []
+        )
+        await seq.wait_first(state.stop)
 
         def delta_of(step: int, delta: dict) -> dict:
             # Ollama (openai/openai.go ToStreamChunks, includeRole): the role only once.
@@ -696,7 +720,7 @@ async def _stream(
                 seq.emitted()
                 for index in choices:
                     chunk = dialect.chunk(cid, chat, delta_of(step, delta), None, index)
-                    yield sse(with_usage(chunk))
+                    yield joined(sse(with_usage(chunk)))
         else:
             # vLLM (chat_completion/serving.py chat_completion_stream_generator): the engine
             # output that hits max_tokens holds the last token's text and the finish_reason,
@@ -716,11 +740,8 @@ async def _stream(
                 seq.emitted()
                 final = merged and step == len(completion.deltas) - 1
                 if plain and (step or first is not None) and not final:
-                    for index in choices:
-                        yield templated(
-                            index,
-                            lambda t, i=index: dialect.chunk(cid, chat, {"content": t}, None, i),
-                        )(piece)
+                    for render in renders:
+                        yield joined(render(piece))
                     continue
                 for index in choices:
                     delta = delta_of(step, {"content": piece})
@@ -732,7 +753,9 @@ async def _stream(
                         chunk["choices"][0]["logprobs"] = {
                             "content": logprobs_content([piece], chat.top_logprobs)
                         }
-                    yield sse(with_usage(chunk))
+                    yield joined(sse(with_usage(chunk)))
+        if head:  # no token followed the role chunk: it goes out at once, as before
+            yield joined(b"")
         await _eos_step(state, seq, completion)
         generated = completion.completion_tokens * chat.n
         if not merged:
@@ -743,9 +766,24 @@ async def _stream(
                 if "stop_reason" in chunk["choices"][0]:
                     chunk["choices"][0]["stop_reason"] = completion.stop_reason
                 yield sse(with_usage(chunk))
+    # The answer's timed part is out; what is left (usage, [DONE], the end of the body, the
+    # keep-alive turnover) waits for a turn (EngineModel.turn, one per loop iteration, the
+    # loop polls its sockets in between). Equal-length streams end together: done back to
+    # back, 64 such tails held the loop for ~20 ms, the next requests that clients sent
+    # meanwhile were read (their TTFT clock started) that much late, all at once, and their
+    # first tokens then fell due together and left one after another (+2-5 % TTFT at 64
+    # streams). Taking turns, each request is read as it comes and its first token is due
+    # on its own. The sequence is finished first: the engine frees a request's KV blocks and
+    # records its latencies when its last token is out (vLLM: the scheduler step that finishes
+    # it, v1/core/sched/scheduler.py update_from_output -> _free_request), not when the server
+    # has sent the tail; held through the turns, the blocks of 256 ending streams made running
+    # ones preempt.
+    seq.finish()
+    await state.engine.turn()
+    done = sse("[DONE]")
     if chat.include_usage:
-        yield sse(dialect.usage_chunk(cid, chat, usage(chat, completion)))
-    yield sse("[DONE]")
+        done = sse(dialect.usage_chunk(cid, chat, usage(chat, completion))) + done
+    yield done  # one write with the end of the body (streaming.TokenStream)
 
 
 def is_integral(value: Any) -> bool:

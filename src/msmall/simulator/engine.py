@@ -180,13 +180,15 @@ class Sequence:
         now = time.monotonic()
         hist = engine.hist
         # v1/metrics/stats.py update_from_finished_request: queued until first scheduled
-        # ("ignore preemptions"), running from then on.
+        # ("ignore preemptions"), running from then on; the inference and decode intervals end
+        # at the last token (last_token_ts), not when the response is done.
         admitted = self.admitted if self.first_admitted is None else self.first_admitted
+        last = now if self.last_at is None else self.last_at
         hist["e2e"].observe(now - self.arrived)
         hist["queue"].observe(admitted - self.arrived)
-        hist["inference"].observe(now - admitted)
+        hist["inference"].observe(last - admitted)
         if self.first_at is not None and self.tokens > 1:
-            hist["tpot"].observe((now - self.first_at) / (self.tokens - 1))
+            hist["tpot"].observe((last - self.first_at) / (self.tokens - 1))
 
 
 class EngineModel:

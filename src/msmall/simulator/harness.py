@@ -24,9 +24,15 @@ def simulator_argv(*args: str) -> list[str]:
 
 
 class EngineProcess:
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        new_session: bool = False,
+    ) -> None:
         self.argv = list(argv)
         self.env = dict(os.environ if env is None else env)
+        self.new_session = new_session
         self.proc: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
         self._changed = threading.Condition()
@@ -46,6 +52,7 @@ class EngineProcess:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            start_new_session=self.new_session,
         )
         self._reader = threading.Thread(target=self._read, name="engine-output", daemon=True)
         self._reader.start()
@@ -136,14 +143,19 @@ def start_simulator(
     flavor: str = "vllm",
     env: Mapping[str, str] | None = None,
     timeout: float = 20.0,
+    new_session: bool = False,
 ) -> tuple[EngineProcess, int]:
     """``python -m msmall.simulator --port 0 ARGS`` as a subprocess, ready; returns it and the
     port the OS picked (read back from the engine's own startup line, so no free-port race).
+
+    ``new_session``: the process gets a session of its own (on Linux with scheduler autogroups,
+    its own CPU-scheduling group, see benchmarks/bench_vs_peers.py).
 
     The caller stops the process (``with engine:`` or ``engine.stop()``)."""
     engine = EngineProcess(
         simulator_argv("--flavor", flavor, "--port", "0", *args),
         {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        new_session=new_session,
     )
     engine.start()
     try:

@@ -18,8 +18,30 @@ import asyncio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+DONE = b"data: [DONE]\n\n"
+
 
 class TokenStream(StreamingResponse):
+    async def stream_response(self, send: Send) -> None:
+        # Starlette's, except that the chunk ending in the OpenAI stream's last event,
+        # ``data: [DONE]``, is sent as the end of the body: uvicorn's httptools protocol then
+        # writes it and the terminating zero-length chunk at once (httptools_impl.py
+        # RequestResponseCycle.send; h11_impl.py still writes them apart), one write instead of
+        # two for each of the streams that end together in a load test.
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        ended = False
+        async for chunk in self.body_iterator:
+            if not isinstance(chunk, bytes | memoryview):
+                chunk = chunk.encode(self.charset)
+            if ended:
+                continue  # nothing follows [DONE]; the generator still runs to its end
+            ended = bytes(chunk[-len(DONE) :]) == DONE
+            await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
