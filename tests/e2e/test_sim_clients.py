@@ -23,6 +23,11 @@ from conftest import SECRET_VARS
 from msmall.simulator.harness import EngineProcess, simulator_argv
 from msmall.simulator.images import png_data_url, solid_png
 
+# One xdist worker runs the whole file: spread over four, each worker started its own pair of
+# module-scoped simulators and imported litellm, anthropic and langchain itself (about 15 s of
+# CPU per worker for the imports alone, measured with `python -c "import litellm"` etc.).
+pytestmark = pytest.mark.xdist_group("sim_clients")
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no download at import
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import typer.testing
+from typer.main import get_command
 from typer.testing import CliRunner
 
 from msmall import hardware, launcher, paths
@@ -68,6 +70,11 @@ def test_dry_run_is_the_plan_serve_runs(
         return {}
 
     monkeypatch.setattr(launcher, "run_plan", run_plan)
+    # One Click command for the 100-odd invocations, as one msmall process builds it once:
+    # CliRunner otherwise rebuilds every command's parameters from its signature each call
+    # (about a quarter of this test's CPU).
+    command = get_command(app)
+    monkeypatch.setattr(typer.testing, "_get_command", lambda _app: command)
     runner = CliRunner()
     checked = 0
     for profile in SHIPPED:

@@ -63,6 +63,12 @@ def _on_sigint(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    # httpx's __init__ imports its own command-line client (httpx/_main.py: click, pygments,
+    # rich.syntax and rich.progress) where those are installed, about 0.1 s of CPU on every
+    # msmall start that probes a server; this process never runs it, and httpx falls back to
+    # a stub on ImportError (httpx/__init__.py). Only here, in the CLI process: importing
+    # msmall as a library leaves httpx alone.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     # Our own handler, not the inherited disposition: started as a background job of a script
     # (or by a CI runner) msmall inherits SIGINT ignored, and Ctrl-C must still stop the server.
     signal.signal(signal.SIGINT, _on_sigint)
