@@ -275,17 +275,20 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
     tokenizer = _vllm_tokenizer(venv, args.tokenizer) if venv else None
     engine, port = _sim()
     try:
-        _accuracy_levels(rows, engine, port, levels, apis, venv, tokenizer)
+        _accuracy_levels(rows, engine, port, levels, apis, venv, tokenizer, args.waves)
     finally:
         if venv and tokenizer != args.tokenizer:
             shutil.rmtree(tokenizer, ignore_errors=True)
     return rows
 
 
-def _accuracy_levels(rows, engine, port, levels, apis, venv, tokenizer) -> None:
+def _accuracy_levels(rows, engine, port, levels, apis, venv, tokenizer, waves: int) -> None:
     with _stopped_after(engine):
         for conc in levels:
-            requests = max(8, conc * 2)
+            # `waves` requests per stream: a closed loop of equal requests sends each wave as one
+            # burst, and the first after the warm-ups waits on the server most (64 requests
+            # read and parsed at once); more waves show the steady state.
+            requests = max(8, conc * waves)
             rows.append(_with_engine_ttft(port, partial(_msmall_level, port, conc, requests, 40)))
             for api in apis if venv else ():
                 run = partial(_vllm_level, venv, tokenizer, port, conc, requests, 40, api)
@@ -466,6 +469,9 @@ def main() -> int:
     parser.add_argument("--levels", default="1,16,64", help="accuracy: concurrency levels")
     parser.add_argument(
         "--vllm-api", default="chat", help="accuracy: chat, completions or chat,completions"
+    )
+    parser.add_argument(
+        "--waves", type=int, default=2, help="accuracy: requests per stream at each level"
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
