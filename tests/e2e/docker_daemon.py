@@ -128,7 +128,10 @@ def _tree_hash(*roots: Path) -> str:
     for root in roots:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for path in files:
-            if "__pycache__" in path.parts:
+            # Neither is source: bytecode, and the metadata that `pip wheel .` (the image
+            # build) rewrites in src/msmall.egg-info; its SOURCES.txt changes as files are
+            # added, which made the key differ before and after the build in one session.
+            if "__pycache__" in path.parts or any(p.endswith(".egg-info") for p in path.parts):
                 continue
             parts += [str(path.relative_to(REPO_ROOT)), path.read_bytes()]
     return _short_hash(*parts)
