@@ -50,3 +50,16 @@ class Interrupted(MsmallError):
     """Ctrl-C or SIGTERM; everything started has been stopped."""
 
     exit_code = 130
+
+
+class Interrupt(KeyboardInterrupt):
+    """What msmall's own signal handlers raise for Ctrl-C, SIGTERM and SIGHUP.
+
+    A subclass, not KeyboardInterrupt itself: CPython notes a *plain* KeyboardInterrupt that
+    leaves any `exec`/`eval` of a string (dataclasses and namedtuple build methods that way, so
+    a lazy import running when the signal lands is enough), even one msmall catches later, and
+    `python -m msmall` then ends by killing itself with SIGINT (exit -2 instead of 130:
+    `run_eval_code_obj` sets `_Py_UnhandledKeyboardInterrupt`, Py_RunMain checks it after a
+    SystemExit). It compares the exception's type exactly, so a subclass is never noted, and
+    every `except KeyboardInterrupt` still catches it.
+    """

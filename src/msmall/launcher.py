@@ -30,6 +30,7 @@ from msmall.errors import (
     EndpointUnhealthy,
     EngineUnavailable,
     EnvironmentProblem,
+    Interrupt,
     Interrupted,
     MsmallError,
 )
@@ -158,7 +159,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise Interrupt
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
@@ -189,7 +190,7 @@ def signals_held() -> Iterator[None]:
         for sig, old in previous.items():
             signal.signal(sig, old)
     if pending:
-        raise KeyboardInterrupt
+        raise Interrupt
 
 
 @contextlib.contextmanager

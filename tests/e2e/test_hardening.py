@@ -413,7 +413,8 @@ def test_hangup_stops_the_engine_like_ctrl_c(sig: int, free_port: int) -> None:
     record = wait_record("demo", "pid")
     engine = psutil.Process(record["pid"])
     serve.send_signal(sig)
-    assert serve.wait(timeout=30) == 130
+    code = serve.wait(timeout=30)
+    assert code == 130, serve.stderr.read()
     engine.wait(timeout=10)
     assert not (state_dir() / "deployments" / "demo.json").exists()
 

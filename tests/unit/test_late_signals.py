@@ -4,6 +4,7 @@ Python shuts down escapes the program, and CPython then kills itself with SIGINT
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -73,3 +74,33 @@ def test_a_python_handler_alone_does_not_cover_the_modules_being_freed() -> None
     # process dies of it), so the test above cannot pass by the signal coming too late.
     done = subprocess.run([sys.executable, "-c", SHUTDOWN, "bare"], timeout=30)
     assert done.returncode == -signal.SIGINT
+
+
+# `python -m` only: CPython notes a plain KeyboardInterrupt that leaves an exec/eval of a string
+# (even one caught later) and, after the SystemExit, kills itself with SIGINT. The signal lands
+# inside exec'd code here, as it did inside a lazy import's dataclass under load.
+IN_EXEC = (
+    "import os, signal, sys\n"
+    "from msmall.cli.app import _on_sigint\n"
+    "def plain(signum, frame):\n"
+    "    raise KeyboardInterrupt\n"
+    "signal.signal(signal.SIGINT, _on_sigint if sys.argv[1] == 'msmall' else plain)\n"
+    "try:\n"
+    "    exec('os.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(1000): pass')\n"
+    "except KeyboardInterrupt:\n"
+    "    pass\n"
+    "sys.exit(130)\n"
+)
+
+
+@pytest.mark.parametrize(("handler", "code"), [("msmall", 130), ("plain", -signal.SIGINT)])
+def test_an_interrupt_inside_exec_keeps_the_exit_code_under_python_m(
+    tmp_path, handler: str, code: int
+) -> None:
+    (tmp_path / "interrupted_in_exec.py").write_text(IN_EXEC)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-m", "interrupted_in_exec", handler], env=env, timeout=30
+    )
+    # "plain" is the control: what `python -m msmall` did with a bare KeyboardInterrupt.
+    assert done.returncode == code

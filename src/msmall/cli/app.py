@@ -19,6 +19,7 @@ from msmall.cli import health as health_cmd
 from msmall.cli import profiles as profiles_cmd
 from msmall.cli import serve as serve_cmd
 from msmall.cli import simulate as simulate_cmd
+from msmall.errors import Interrupt
 
 app = typer.Typer(
     name="msmall",
@@ -59,7 +60,7 @@ def root(
 
 
 def _on_sigint(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Interrupt
 
 
 def main() -> None:
