@@ -91,7 +91,9 @@ def test_ttft_tpot_and_token_counts(sim: int, concurrency: int) -> None:
     # TTFT) or a per-token sleep that drifts would still fail them.
     # At load 10-12 (tests at nice 10 beside five other agents) 16 streams measured +3.05%
     # once: 5% there.
-    tpot_tol = {1: 0.01, 16: 0.05, 64: 0.10}[concurrency]
+    # One stream, in a full suite run on this machine (4 workers, session 3): -1.3% once: one
+    # first token 10 ms late, its 39 deadlines after it on time (2% there).
+    tpot_tol = {1: 0.02, 16: 0.05, 64: 0.10}[concurrency]
     assert abs(tpot - TPOT) / TPOT < tpot_tol, tpot
     # The engine stamps its first token before starlette and uvicorn write it: with 64 first
     # chunks due at once the last is on the wire tens of ms after its stamp. The client's own
