@@ -2,6 +2,7 @@
 
     python benchmarks/bench_vs_peers.py accuracy  [--vllm-venv DIR] [--tokenizer DIR]
                                                   [--levels 1,16,64] [--vllm-api chat,completions]
+    python benchmarks/bench_vs_peers.py timed     [--levels 1,16,64] [--seconds 15]
     python benchmarks/bench_vs_peers.py streams   [-c 256]            # 256 streams at 50 tok/s
     python benchmarks/bench_vs_peers.py stacks    [-c 256]            # client HTTP stacks compared
 
@@ -19,6 +20,11 @@ Its tokenizer is --tokenizer, else benchmarks/sim_tokenizer.py's word-level one,
 temp dir with the venv's python (no Hugging Face access needed). Each row also has the
 simulator's own mean TTFT over the same requests (/metrics), so what the client and the HTTP
 path add shows apart from what the server did.
+
+timed: what a user runs, `msmall bench --concurrency 1,16,64 --duration S` against the same
+simulator (40-token chat requests): the error of its TTFT/TPOT means against the injected values
+per level, with tokens per request (exactly 40 when counts are right). Duration levels hold
+many waves, so the first wave's burst (see accuracy's --waves) weighs little.
 
 streams: C concurrent streams of 100 tokens at 0.02 s each (50 tokens/s per stream) for
 --seconds; prints the client's loop lag p99 and CPU (target: lag p99 < 5 ms).
@@ -297,6 +303,36 @@ def _accuracy_levels(rows, engine, port, levels, apis, venv, tokenizer, waves: i
                     rows.append(row)
 
 
+def timed(args: argparse.Namespace) -> list[dict]:
+    engine, port = _sim()
+    with _stopped_after(engine):
+        result = run_bench(
+            BenchOptions(
+                target=f"http://127.0.0.1:{port}",
+                concurrency=[int(c) for c in args.levels.split(",")],
+                duration_s=args.seconds,
+                output_tokens=40,
+                input_tokens=16,
+            )
+        )
+    return [
+        {
+            "tool": "msmall bench (chat, timed)",
+            "concurrency": level["concurrency"],
+            "seconds": args.seconds,
+            "requests": level["requests"],
+            "tokens_per_request": level["output_tokens"] / max(1, level["requests"]),
+            "failed": sum(level["errors"].values()),
+            "ttft_error_pct": (level["ttft_s"]["mean"] - TTFT) / TTFT * 100,
+            "tpot_error_pct": (level["tpot_s"]["mean"] - TPOT) / TPOT * 100,
+            "loop_lag_p99_ms": level["client"]["loop_lag_p99_s"] * 1000,
+            "bottleneck": level["client"]["bottleneck"],
+            "load_average": _load(),
+        }
+        for level in result["levels"]
+    ]
+
+
 def streams(args: argparse.Namespace) -> list[dict]:
     engine, port = _sim()
     with _stopped_after(engine):
@@ -459,14 +495,14 @@ def _has(module: str) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("accuracy", "streams", "stacks"))
+    parser.add_argument("mode", choices=("accuracy", "timed", "streams", "stacks"))
     parser.add_argument("-c", "--concurrency", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--vllm-venv", default=None, help="a venv with vllm installed")
     parser.add_argument(
         "--tokenizer", default=None, help="tokenizer dir for vLLM (default: sim_tokenizer.py's)"
     )
-    parser.add_argument("--levels", default="1,16,64", help="accuracy: concurrency levels")
+    parser.add_argument("--levels", default="1,16,64", help="accuracy, timed: concurrency levels")
     parser.add_argument(
         "--vllm-api", default="chat", help="accuracy: chat, completions or chat,completions"
     )
@@ -475,7 +511,8 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = {"accuracy": accuracy, "streams": streams, "stacks": stacks}[args.mode](args)
+    modes = {"accuracy": accuracy, "timed": timed, "streams": streams, "stacks": stacks}
+    rows = modes[args.mode](args)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
