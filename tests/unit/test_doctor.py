@@ -25,6 +25,7 @@ from msmall.backends.base import PlanOptions
 from msmall.errors import ConfigError, EnvironmentProblem
 from msmall.hardware import Disk, Inventory, read_inventory
 from msmall.profiles import load_profile, parse_set
+from msmall.progress import RecordingReporter
 
 SCENARIOS = ("none", "1x4090", "2x4090", "4090-8gb-used", "h100", "3090", "old-470")
 RECOMMENDED = {
@@ -106,18 +107,6 @@ def _roomy(inv: Inventory) -> Inventory:
 
 def _port(free_port: int) -> list[str]:
     return [f"port={free_port}"]
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.infos: list[str] = []
-        self.warns: list[str] = []
-
-    def info(self, text: str) -> None:
-        self.infos.append(text)
-
-    def warn(self, text: str) -> None:
-        self.warns.append(text)
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -449,7 +438,7 @@ def test_preflight_on_every_scenario(scenario: str, gpus) -> None:
     decisions = {}
     for name in ("2x4090-bf16-vision", "2x4090-fp8-vision", "4090-q4", "h100-bf16-vision"):
         prof = load_profile(name)
-        reporter = Recorder()
+        reporter = RecordingReporter()
         try:
             run_preflight(prof, _plan(prof), force=False, reporter=reporter, inventory=inv)
         except EnvironmentProblem as exc:
@@ -481,7 +470,7 @@ def test_preflight_refuses_bf16_on_two_4090s_pointing_to_fp8(gpus) -> None:
     gpus("2x4090")
     prof = load_profile("2x4090-bf16-vision")
     with pytest.raises(EnvironmentProblem) as caught:
-        run_preflight(prof, _plan(prof), force=False, reporter=Recorder())
+        run_preflight(prof, _plan(prof), force=False, reporter=RecordingReporter())
     assert "does not fit 2x NVIDIA GeForce RTX 4090" in caught.value.message
     assert "44.7 GiB" in caught.value.message and "21.6 GiB per GPU" in caught.value.message
     assert "2x4090-fp8-vision" in caught.value.fix
@@ -491,50 +480,50 @@ def test_preflight_refuses_bf16_on_two_4090s_pointing_to_fp8(gpus) -> None:
 def test_preflight_force_warns_and_continues(gpus) -> None:
     gpus("2x4090")
     prof = load_profile("2x4090-bf16-vision")
-    reporter = Recorder()
+    reporter = RecordingReporter()
     assert run_preflight(prof, _plan(prof), force=True, reporter=reporter) is prof
-    assert any("does not fit" in w and "--force" in w for w in reporter.warns)
+    assert any("does not fit" in w and "--force" in w for w in reporter.warnings)
 
 
 def test_preflight_force_warns_about_an_old_driver(gpus) -> None:
     gpus("old-470")
     prof = load_profile("4090-q4")
-    reporter = Recorder()
+    reporter = RecordingReporter()
     assert run_preflight(prof, _plan(prof), force=True, reporter=reporter) is prof
-    assert any("CUDA 11.4" in w for w in reporter.warns)
+    assert any("CUDA 11.4" in w for w in reporter.warnings)
 
 
 def test_preflight_gpu_count(gpus, monkeypatch: pytest.MonkeyPatch) -> None:
     gpus("1x4090")
     prof = load_profile("2x4090-fp8-vision")
     with pytest.raises(EnvironmentProblem) as caught:
-        run_preflight(prof, _plan(prof), force=False, reporter=Recorder())
+        run_preflight(prof, _plan(prof), force=False, reporter=RecordingReporter())
     assert "needs 2 GPUs" in caught.value.message and "has 1" in caught.value.message
     assert "--profile 4090-q4" in caught.value.fix
     # CUDA_VISIBLE_DEVICES hides one of two GPUs from a process backend.
     gpus("2x4090")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     with pytest.raises(EnvironmentProblem, match="has 1"):
-        run_preflight(prof, _plan(prof), force=False, reporter=Recorder())
+        run_preflight(prof, _plan(prof), force=False, reporter=RecordingReporter())
 
 
 def test_preflight_cuda_too_old(gpus) -> None:
     gpus("old-470")
     prof = load_profile("4090-q4")
     with pytest.raises(EnvironmentProblem) as caught:
-        run_preflight(prof, _plan(prof), force=False, reporter=Recorder())
+        run_preflight(prof, _plan(prof), force=False, reporter=RecordingReporter())
     assert "CUDA 11.4" in caught.value.message and "CUDA 12.0" in caught.value.message
     assert "R525" in caught.value.fix
-    reporter = Recorder()
+    reporter = RecordingReporter()
     run_preflight(prof, _plan(prof), force=True, reporter=reporter)
-    assert any("CUDA 11.4" in w for w in reporter.warns)
+    assert any("CUDA 11.4" in w for w in reporter.warnings)
 
 
 def test_preflight_busy_gpu_refuses_with_the_free_figure(gpus) -> None:
     gpus("4090-8gb-used")
     prof = load_profile("4090-q4")
     with pytest.raises(EnvironmentProblem) as caught:
-        run_preflight(prof, _plan(prof, "vllm"), force=False, reporter=Recorder())
+        run_preflight(prof, _plan(prof, "vllm"), force=False, reporter=RecordingReporter())
     assert "15.6 GiB free" in caught.value.message
     assert "Stop the other processes" in caught.value.fix
 
@@ -542,7 +531,7 @@ def test_preflight_busy_gpu_refuses_with_the_free_figure(gpus) -> None:
 def test_preflight_resolves_auto_context(gpus) -> None:
     gpus("h100")
     prof = load_profile("h100-bf16-vision", {"serving": {"max_model_len": "auto"}})
-    reporter = Recorder()
+    reporter = RecordingReporter()
     resolved = run_preflight(prof, _plan(prof), force=False, reporter=reporter)
     expected = preflight.largest_context(prof, [81559], "vllm", [81081])
     assert expected > 65536
@@ -555,15 +544,15 @@ def test_preflight_resolves_auto_context(gpus) -> None:
 def test_preflight_tight_is_a_warning(gpus) -> None:
     gpus("3090")
     prof = load_profile("4090-q4")
-    reporter = Recorder()
+    reporter = RecordingReporter()
     assert run_preflight(prof, _plan(prof), force=False, reporter=reporter) is prof
-    assert any("vision encoder" in w for w in reporter.warns)
+    assert any("vision encoder" in w for w in reporter.warnings)
 
 
 def test_preflight_without_gpu_says_so(gpus) -> None:
     gpus("none")
     prof = load_profile("h100-bf16-vision")
-    reporter = Recorder()
+    reporter = RecordingReporter()
     assert run_preflight(prof, _plan(prof), force=False, reporter=reporter) is prof
     assert reporter.infos and reporter.infos[0].startswith("no GPU readable")
 
@@ -574,18 +563,18 @@ def test_preflight_skips_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("msmall.hardware.read_inventory", no_reading)
     demo = load_profile("demo")
-    assert run_preflight(demo, _plan(demo), force=False, reporter=Recorder()) is demo
+    assert run_preflight(demo, _plan(demo), force=False, reporter=RecordingReporter()) is demo
     h100 = load_profile("h100-bf16-vision")
     plan = _plan(h100, "simulator")
-    assert run_preflight(h100, plan, force=False, reporter=Recorder()) is h100
+    assert run_preflight(h100, plan, force=False, reporter=RecordingReporter()) is h100
 
 
 def test_preflight_docker_image_needs_cu129_on_old_driver(gpus) -> None:
     gpus("2x4090")
     prof = load_profile("2x4090-fp8-vision")
-    reporter = Recorder()
+    reporter = RecordingReporter()
     run_preflight(prof, _plan(prof, "docker"), force=True, reporter=reporter)
-    assert any("-cu129" in w for w in reporter.warns)
+    assert any("-cu129" in w for w in reporter.warnings)
 
 
 def test_final_plan_uses_this_preflight(gpus) -> None:

@@ -15,6 +15,7 @@ from msmall.errors import EnvironmentProblem
 from msmall.hardware import GpuInfo, Inventory
 from msmall.preflight import check_fit, recommend
 from msmall.profiles import load_profile, parse_set
+from msmall.progress import RecordingReporter
 
 GiB = 2**30
 RTX4090, H100 = 24564, 81559
@@ -144,18 +145,6 @@ def test_text_only_short_context_has_no_image_note() -> None:
 # The preflight of `msmall serve`
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.infos: list[str] = []
-        self.warns: list[str] = []
-
-    def info(self, text: str) -> None:
-        self.infos.append(text)
-
-    def warn(self, text: str) -> None:
-        self.warns.append(text)
-
-
 def _inv(*sizes: int | None) -> Inventory:
     return Inventory(
         gpus=[GpuInfo(index=i, name=f"GPU{i}", memory_total_mib=s) for i, s in enumerate(sizes)],
@@ -174,27 +163,29 @@ def _no_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _preflight(p, inv, *, force=False, others=None, rec=None):
     plan = build_plan(p, PlanOptions(vllm_version="0.33.0", detect_installed=False))
-    return pf.preflight(p, plan, inv, force=force, reporter=rec or _Recorder(), others=others)
+    return pf.preflight(
+        p, plan, inv, force=force, reporter=rec or RecordingReporter(), others=others
+    )
 
 
 def test_fits_is_reported_as_info_and_not_forced() -> None:
-    rec = _Recorder()
+    rec = RecordingReporter()
     result = _preflight(prof("h100-bf16-vision"), _inv(H100), others=[], rec=rec)
     assert (result.verdict, result.forced) == ("fits", False)
     assert result.to_dict() == {"verdict": "fits", "reason": result.reason, "forced": False}
     assert result.reason.startswith("memory check (")
-    assert rec.infos == [result.reason] and rec.warns == []
+    assert rec.infos == [result.reason] and rec.warnings == []
 
 
 def test_tight_is_a_warning_with_the_suggestion() -> None:
     """128k BF16 on an H100: 161,008 / 131,072 = 1.23 requests, tight; the advice is the FP8
     cache."""
-    rec = _Recorder()
+    rec = RecordingReporter()
     result = _preflight(
         prof("h100-bf16-vision", "serving.max_model_len=131072"), _inv(H100), others=[], rec=rec
     )
     assert result.verdict == "tight"
-    assert rec.warns == [
+    assert rec.warnings == [
         result.reason + " --set kv_cache_dtype=fp8 doubles the KV cache (about 322,016 tokens)."
     ]
 
@@ -220,17 +211,17 @@ def test_refusal_names_a_shipped_profile_that_fits_by_default() -> None:
 def test_force_launches_anyway_and_keeps_auto() -> None:
     """--force on a refusal: a warning, verdict does_not_fit, forced; max_model_len auto stays
     auto (there is no context that fits to resolve it to)."""
-    rec = _Recorder()
+    rec = RecordingReporter()
     p = prof("h100-bf16-vision", "serving.max_model_len=auto")
     result = _preflight(p, _inv(RTX4090), force=True, others=[], rec=rec)
     assert (result.verdict, result.forced) == ("does_not_fit", True)
     assert result.profile.serving.max_model_len == "auto"
-    assert len(rec.warns) == 1
-    assert rec.warns[0].endswith("(--force: launching anyway; expect an out-of-memory failure)")
+    assert len(rec.warnings) == 1
+    assert rec.warnings[0].endswith("(--force: launching anyway; expect an out-of-memory failure)")
 
 
 def test_auto_is_resolved_to_the_largest_context_that_fits() -> None:
-    rec = _Recorder()
+    rec = RecordingReporter()
     p = prof("h100-bf16-vision", "serving.max_model_len=auto")
     result = _preflight(p, _inv(H100), others=[], rec=rec)
     assert result.profile.serving.max_model_len == 131072
