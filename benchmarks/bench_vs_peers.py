@@ -56,6 +56,11 @@ from msmall.bench.session import BenchOptions, run_bench
 from msmall.simulator.harness import start_simulator
 
 TTFT, TPOT = 0.2, 0.02
+# Injected latency, a batch that never slows (slope 0) and never queues below 512 streams.
+SIM_ARGS = (
+    "--ttft", str(TTFT), "--tpot", str(TPOT), "--max-num-seqs", "512",
+    "--batch-slope", "0", "--disable-uvicorn-access-log",
+)  # fmt: skip
 
 
 @contextmanager
@@ -87,11 +92,7 @@ def _sim(*extra: str):
     process, on another machine from the benchmark's client). Both keep the same priority:
     the group's nice is copied from this script's.
     """
-    engine, port = start_simulator(
-        "--ttft", str(TTFT), "--tpot", str(TPOT), "--max-num-seqs", "512",
-        "--batch-slope", "0", "--disable-uvicorn-access-log", *extra,
-        new_session=True,
-    )  # fmt: skip
+    engine, port = start_simulator(*SIM_ARGS, *extra, new_session=True)
     nice = _autogroup_nice()
     if nice is not None and engine.proc is not None:
         try:
@@ -333,19 +334,24 @@ def timed(args: argparse.Namespace) -> list[dict]:
     ]
 
 
+def streams_level(port: int, concurrency: int, seconds: float) -> dict:
+    """One closed-loop level of C streams of 100 tokens (50 tokens/s each at TPOT 0.02)."""
+    return run_bench(
+        BenchOptions(
+            target=f"http://127.0.0.1:{port}",
+            concurrency=[concurrency],
+            duration_s=seconds,
+            output_tokens=100,
+            input_tokens=16,
+        )
+    )
+
+
 def streams(args: argparse.Namespace) -> list[dict]:
     engine, port = _sim()
     with _stopped_after(engine):
         cpu0 = time.process_time()
-        result = run_bench(
-            BenchOptions(
-                target=f"http://127.0.0.1:{port}",
-                concurrency=[args.concurrency],
-                duration_s=args.seconds,
-                output_tokens=100,
-                input_tokens=16,
-            )
-        )
+        result = streams_level(port, args.concurrency, args.seconds)
         cpu = time.process_time() - cpu0
     level = result["levels"][0]
     return [

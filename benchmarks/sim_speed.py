@@ -17,8 +17,8 @@ import sys
 import time
 
 import psutil
+from bench_vs_peers import SIM_ARGS, streams_level  # this folder: the same load as `streams`
 
-from msmall.bench.session import BenchOptions, run_bench
 from msmall.simulator.harness import start_simulator
 
 
@@ -27,24 +27,13 @@ def main() -> int:
     parser.add_argument("-c", "--concurrency", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    engine, port = start_simulator(
-        "--ttft", "0.2", "--tpot", "0.02", "--max-num-seqs", "512", "--batch-slope", "0",
-        "--disable-uvicorn-access-log",
-    )  # fmt: skip
+    engine, port = start_simulator(*SIM_ARGS)
     try:
         assert engine.proc is not None
         proc = psutil.Process(engine.proc.pid)
         before = proc.cpu_times()
         started = time.perf_counter()
-        result = run_bench(
-            BenchOptions(
-                target=f"http://127.0.0.1:{port}",
-                concurrency=[args.concurrency],
-                duration_s=args.seconds,
-                output_tokens=100,
-                input_tokens=16,
-            )
-        )
+        result = streams_level(port, args.concurrency, args.seconds)
         after = proc.cpu_times()
         wall = time.perf_counter() - started
     finally:
