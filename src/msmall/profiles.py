@@ -551,7 +551,6 @@ def _load_raw(
                 raise ConfigError(f"{path}: extends: {exc.message}", exc.fix) from None
             raise
         parent.pop("description", None)
-        parent.pop("_source", None)
         # This file's keys win, as in the merge; the rest were set by the parent chain.
         places = {**parent.pop("_places"), **places}
         data = _deep_merge(parent, data)

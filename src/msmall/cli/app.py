@@ -91,13 +91,13 @@ def main() -> None:
 
 def _exit_on_late_signals(code: int) -> None:
     """The work is done (the server stopped, the error printed): a signal arriving now, while
-    Python shuts down, must not change the exit code. Two ways it did (exit -2 instead of 130,
-    seen in the suite's interrupt tests under load):
-    - before the guard, a late KeyboardInterrupt escaped the program and CPython then killed
-      itself with SIGINT;
-    - late in shutdown, after the atexit functions, CPython resets every signal that has a
+    Python shuts down, must not change the exit code.
+    - Until shutdown, a late signal exits at once with this code (a KeyboardInterrupt raised
+      this late would escape the program, and CPython then kills itself with SIGINT).
+    - Late in shutdown, after the atexit functions, CPython resets every signal that has a
       Python handler to SIG_DFL (`_PySignal_Fini` in Python/pylifecycle.c), so a signal there
       kills the process. Ignored signals are left alone, hence `_ignore_late_signals` at exit.
+    The -2 the suite's interrupt tests saw under load had another cause: see errors.Interrupt.
     """
 
     def leave(signum: int, frame: object) -> None:
