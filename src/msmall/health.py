@@ -194,14 +194,13 @@ class _Bounded:
 
 
 def _client(base_url: str, api_key: str | None, timeout: float) -> _Bounded:
-    import httpx
+    from msmall.httpclient import new_client
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     # Ask for no compression: a gzip bomb then has to be sent against the request (and is still
     # capped after decoding).
     headers["Accept-Encoding"] = "identity"
-    # trust_env=False: a proxy from the environment must not intercept loopback probes.
-    inner = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, trust_env=False)
+    inner = new_client(base_url, headers=headers, timeout=timeout)
     deadline = PROBE_DEADLINE_S if timeout <= PROBE_TIMEOUT_S * 5 else SMOKE_DEADLINE_S
     return _Bounded(inner, max(deadline, timeout))
 

@@ -11,16 +11,21 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import shutil
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from msmall import health
 
 
 class _Server:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.headers: list[dict[str, str]] = []
         self.body = b"{}"
         self.gzip = False
@@ -45,7 +50,10 @@ class _Server:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
@@ -103,6 +111,62 @@ def test_a_gzip_bomb_is_capped_after_decoding(server: _Server) -> None:
     server.body = b"0" * (8 * 1024 * 1024)
     with health._client(server.url, None, 2.0) as client, pytest.raises(ValueError):
         client.get("/")
+
+
+@pytest.fixture
+def verify_loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every CA bundle an SSL context loads (httpx's default loads certifi's, ~40 ms of CPU)."""
+    loads: list[object] = []
+    original = ssl.SSLContext.load_verify_locations
+
+    def counted(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        loads.append(args or kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    return loads
+
+
+def test_a_plain_http_client_loads_no_ca_bundle(server: _Server, verify_loads: list) -> None:
+    """A `msmall serve` made seven clients, all for http://127.0.0.1, and each parsed certifi's
+    bundle: about 0.25 s of CPU per serve for TLS it never spoke."""
+    for _ in range(3):
+        with health._client(server.url, None, 2.0) as client:
+            assert client.get("/v1/models").status_code == 200
+    assert verify_loads == []
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: it makes the self-signed certificate")
+    folder: Path = tmp_path_factory.mktemp("tls")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_an_https_client_still_verifies_the_certificate(
+    self_signed: ssl.SSLContext, verify_loads: list
+) -> None:
+    """The saving is for http:// only: an https:// endpoint with a certificate no CA signed is
+    refused, and the verifying context is built once per process, not per client."""
+    server = _Server(tls=self_signed)
+    try:
+        for _ in range(2):
+            refused = pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED")
+            with health._client(server.url, None, 2.0) as client, refused:
+                client.get("/v1/models")
+        assert server.headers == []
+    finally:
+        server.close()
+    assert len(verify_loads) <= 1
 
 
 @pytest.mark.parametrize(

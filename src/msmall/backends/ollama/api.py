@@ -28,9 +28,9 @@ class PullProgress:
 def _client(base_url: str, timeout: float | None):
     import httpx
 
-    return httpx.Client(
-        base_url=base_url, timeout=httpx.Timeout(timeout, connect=5.0), trust_env=False
-    )
+    from msmall.httpclient import new_client
+
+    return new_client(base_url, timeout=httpx.Timeout(timeout, connect=5.0))
 
 
 def is_ollama(base_url: str) -> bool:
