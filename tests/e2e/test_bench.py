@@ -14,10 +14,10 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
 import pytest
 
 from conftest import msmall_cmd
+from helpers import http_get
 from msmall.bench.session import BenchOptions, run_bench
 from msmall.simulator.harness import start_simulator
 
@@ -48,7 +48,7 @@ def sim() -> Iterator[int]:
 
 
 def _ttft_histogram(port: int) -> tuple[float, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+    text = http_get(f"http://127.0.0.1:{port}/metrics").text
     values = {}
     for line in text.splitlines():
         for suffix in ("_sum", "_count"):

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import httpx
 import pytest
 
 from conftest import FAKES_DIR, msmall_cmd
@@ -41,6 +40,7 @@ from docker_daemon import (
     why_not_runnable,
 )
 from helpers import LiveServe, path_without_nvidia_hook
+from msmall.httpclient import new_client
 
 # The session fixture may build the image (minutes, cold); the per-test limit is for the test.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180, func_only=True)]
@@ -346,11 +346,15 @@ def test_detach_ps_logs_follow_stop(dockerd: PrivateDaemon, free_port: int) -> N
         follow_out: list[str] = []
         reader = _drain(follow.proc.stdout, follow_out)
         # A request made now shows up in the followed log.
-        reply = httpx.post(
-            f"http://127.0.0.1:{free_port}/v1/chat/completions",
-            json={"model": "mistral-small-3.1", "messages": [{"role": "user", "content": "hi"}]},
-            timeout=30,
-        )
+        chat_url = f"http://127.0.0.1:{free_port}/v1/chat/completions"
+        with new_client(chat_url, timeout=30) as http:
+            reply = http.post(
+                chat_url,
+                json={
+                    "model": "mistral-small-3.1",
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
         assert reply.status_code == 200
         wait_until(
             lambda: any("POST /v1/chat/completions" in line for line in follow_out),

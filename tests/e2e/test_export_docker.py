@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import msmall_cmd
+from helpers import http_get
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600, func_only=True)]
 
@@ -133,7 +134,6 @@ def test_compose_up_goes_healthy_serves_and_down_leaves_nothing(
 def test_ollama_compose_pulls_the_model_serves_and_down_leaves_nothing(
     dockerd, tmp_path: Path, free_port: int
 ) -> None:
-    import httpx
     import yaml
 
     out = tmp_path / "deploy"
@@ -159,7 +159,7 @@ def test_ollama_compose_pulls_the_model_serves_and_down_leaves_nothing(
         logs = _compose(out, env, "logs", "--no-color", "msmall-4090-q4-pull")
         assert state.get("Status") == "exited" and state.get("ExitCode") == 0, logs
         assert "success" in logs
-        tags = httpx.get(f"http://127.0.0.1:{free_port}/api/tags", timeout=10).json()
+        tags = http_get(f"http://127.0.0.1:{free_port}/api/tags", timeout=10).json()
         assert [m["name"] for m in tags["models"]] == [tag]
         _smoke(free_port, env)
     finally:

@@ -47,6 +47,7 @@ from pathlib import Path
 import pytest
 
 from conftest import msmall_cmd
+from helpers import http_get
 
 pytestmark = [pytest.mark.docker, pytest.mark.podman, pytest.mark.timeout(600, func_only=True)]
 
@@ -284,7 +285,7 @@ def _wait_http(url: str, status: int, within_s: float = READY_WITHIN_S) -> None:
     last: object = None
     while time.monotonic() < deadline:
         try:
-            last = httpx.get(url, timeout=5).status_code
+            last = http_get(url, timeout=5).status_code
             if last == status:
                 return
         except httpx.HTTPError as exc:
@@ -307,7 +308,6 @@ def _play_and_check_down(pm: Podman, manifest: Path, check) -> None:
 def test_k8s_plays_under_podman_probe_goes_healthy_serves_with_the_key(
     podman: Podman, tmp_path: Path, free_port: int
 ) -> None:
-    import httpx
 
     manifest = _export_k8s("h100-bf16-vision", tmp_path / "deploy", MSMALL_API_KEY=API_KEY)
     assert API_KEY not in manifest
@@ -331,7 +331,7 @@ def test_k8s_plays_under_podman_probe_goes_healthy_serves_with_the_key(
             inspect["Config"]["Healthcheck"]["Test"]
         )
         # The key is on: /v1 needs it, /health (every probe's path) does not.
-        assert httpx.get(f"{base}/v1/models", timeout=10).status_code == 401
+        assert http_get(f"{base}/v1/models", timeout=10).status_code == 401
         smoke = subprocess.run(
             msmall_cmd("health", base, "--api-key", API_KEY),
             capture_output=True, text=True, timeout=120, check=False,
@@ -344,7 +344,6 @@ def test_k8s_plays_under_podman_probe_goes_healthy_serves_with_the_key(
 def test_ollama_k8s_init_container_pulls_then_the_pod_serves(
     podman: Podman, tmp_path: Path, free_port: int
 ) -> None:
-    import httpx
     import yaml
 
     manifest = _export_k8s("4090-q4", tmp_path / "deploy")
@@ -361,7 +360,7 @@ def test_ollama_k8s_init_container_pulls_then_the_pod_serves(
         _wait_http(f"{base}/", 200)
         # The server only serves (`ollama serve`); the model it lists is the one the init
         # container pulled into the PVC both mount.
-        tags = httpx.get(f"{base}/api/tags", timeout=10).json()
+        tags = http_get(f"{base}/api/tags", timeout=10).json()
         assert [m["name"] for m in tags["models"]] == [tag]
         smoke = subprocess.run(
             msmall_cmd("health", base), capture_output=True, text=True, timeout=120, check=False

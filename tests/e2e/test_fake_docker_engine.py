@@ -28,6 +28,7 @@ from fakes.docker_engine import (
     parse_vllm_cmd,
     running_fake_docker,
 )
+from helpers import http_get
 
 SAMPLES = DATA_DIR / "docker"
 VLLM_IMAGE = "vllm/vllm-openai:v0.33.0"
@@ -52,7 +53,7 @@ def _wait_http_ok(url: str, within_s: float) -> httpx.Response:
     deadline = time.monotonic() + within_s
     while True:
         try:
-            response = httpx.get(url, timeout=2, trust_env=False)
+            response = http_get(url, timeout=2)
             if response.status_code == 200:
                 return response
         except httpx.TransportError:
@@ -292,9 +293,9 @@ def test_vllm_container_serves_on_the_published_port(fake, client, free_port):
     _wait_http_ok(f"http://127.0.0.1:{free_port}/health", within_s=20)
     # The container's Env reached the process: the key guards /v1/* as in vLLM.
     models_url = f"http://127.0.0.1:{free_port}/v1/models"
-    assert httpx.get(models_url, timeout=5, trust_env=False).status_code == 401
+    assert http_get(models_url, timeout=5).status_code == 401
     headers = {"Authorization": "Bearer sk-local"}
-    models = httpx.get(models_url, headers=headers, timeout=5, trust_env=False).json()
+    models = http_get(models_url, headers=headers, timeout=5).json()
     assert [m["id"] for m in models["data"]] == ["mistral-small-3.1"]
 
     chunks = _read_log_until(container, b"Application startup complete.", within_s=10)

@@ -11,11 +11,11 @@ import subprocess
 from pathlib import Path
 from types import ModuleType
 
-import httpx
 import openai
 import pytest
 
 from conftest import DATA_DIR, FAKES_DIR
+from msmall.httpclient import new_client
 from msmall.simulator.harness import EngineProcess
 
 READY = "Application startup complete."
@@ -194,7 +194,7 @@ def test_vllm_serves_with_msmall_flags(
     )  # fmt: skip
     try:
         api = openai.OpenAI(base_url=f"http://127.0.0.1:{free_port}/v1", api_key="sk-fake",
-                            max_retries=0, http_client=httpx.Client(trust_env=False))  # fmt: skip
+                            max_retries=0, http_client=new_client(f"http://127.0.0.1:{free_port}/v1"))  # fmt: skip
         (model,) = api.models.list().data
         assert (model.id, model.max_model_len) == ("mistral-small-3.1", 32768)  # type: ignore[attr-defined]
         reply = api.chat.completions.create(
@@ -206,7 +206,7 @@ def test_vllm_serves_with_msmall_flags(
         assert json.loads(call.function.arguments) == {"city": "Lisbon"}
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{free_port}/v1", api_key="x", max_retries=0,
-                          http_client=httpx.Client(trust_env=False)).models.list()  # fmt: skip
+                          http_client=new_client(f"http://127.0.0.1:{free_port}/v1")).models.list()  # fmt: skip
     finally:
         assert engine.stop() == 0
     assert "sk-fake" not in engine.output
@@ -219,7 +219,7 @@ def test_vllm_without_tool_flags(fakes_on_path: Path, free_port: int) -> None:
         "--limit-mm-per-prompt", '{"image":0}', "--host", "127.0.0.1", "--port", str(free_port),
     )  # fmt: skip
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{free_port}", trust_env=False) as http:
+        with new_client(f"http://127.0.0.1:{free_port}") as http:
             body = {"model": MISTRAL_REPO, "messages": [{"role": "user", "content": "Weather?"}]}
             text = http.post("/v1/chat/completions", json={**body, "tools": [WEATHER_TOOL]}).json()
             image = http.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": [
@@ -244,7 +244,7 @@ def test_vllm_without_tool_flags(fakes_on_path: Path, free_port: int) -> None:
         "127.0.0.1",
     )
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as http:
+        with new_client(f"http://127.0.0.1:{port}") as http:
             refused = http.post("/v1/chat/completions", json={
                 "model": W4A16_REPO, "messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER_TOOL]})  # fmt: skip
     finally:
@@ -292,7 +292,7 @@ def test_ollama_serve_pull_ps(
             1,
             "Error: pull model manifest: file does not exist",
         )
-        with httpx.Client(base_url=f"http://127.0.0.1:{free_port}", trust_env=False) as http:
+        with new_client(f"http://127.0.0.1:{free_port}") as http:
             http.post("/api/generate", json={"model": TAG, "keep_alive": -1}).raise_for_status()
         ps = run_fake("ollama", "ps").stdout
         assert re.search(r"\d+%/\d+% CPU/GPU", ps)

@@ -7,10 +7,10 @@ import json
 import os
 import subprocess
 
-import httpx
 import pytest
 
 from conftest import msmall_cmd
+from helpers import http_get
 from test_serve_e2e import assert_nothing_left
 
 
@@ -55,7 +55,7 @@ def test_dry_run_json_is_the_recorded_plan(
             argv = planned["argv"]
             assert argv[argv.index("--max-model-len") + 1] == str(planned["max_model_len"])
         # The engine really serves the planned model name.
-        models = httpx.get(f"{planned['base_url']}/v1/models", timeout=5, trust_env=False).json()
+        models = http_get(f"{planned['base_url']}/v1/models", timeout=5).json()
         assert [m["id"] for m in models["data"]] == [planned["served_model_name"]]
     finally:
         stopped = cli(env, "stop", "same")

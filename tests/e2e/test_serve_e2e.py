@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from conftest import SIGINT_DISPOSITIONS, msmall_cmd
-from helpers import WAIT_S, LiveServe
+from helpers import WAIT_S, LiveServe, http_get
 
 
 def run(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None):
@@ -303,7 +303,7 @@ def test_simulate_command_runs_the_simulator_in_the_foreground(free_port: int) -
         answer = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                answer = httpx.get(f"http://127.0.0.1:{free_port}/", timeout=0.5, trust_env=False)
+                answer = http_get(f"http://127.0.0.1:{free_port}/", timeout=0.5)
                 break
             except httpx.HTTPError:
                 time.sleep(0.05)
@@ -324,7 +324,6 @@ def test_simulate_rejects_an_unknown_flavor() -> None:
 
 
 def test_logs_follow_prints_new_lines_and_ends_with_the_server(free_port: int) -> None:
-    import httpx
 
     started = run("serve", "-p", "demo", "--port", str(free_port), "--detach", "--json")
     assert started.returncode == 0, started.stderr
@@ -340,7 +339,7 @@ def test_logs_follow_prints_new_lines_and_ends_with_the_server(free_port: int) -
         deadline = time.monotonic() + WAIT_S
         seen = ""
         while '"GET /v1/models HTTP/1.1" 200' not in seen and time.monotonic() < deadline:
-            httpx.get(f"http://127.0.0.1:{free_port}/v1/models", timeout=2, trust_env=False)
+            http_get(f"http://127.0.0.1:{free_port}/v1/models", timeout=2)
             try:
                 seen += lines.get(timeout=0.2)
             except queue.Empty:

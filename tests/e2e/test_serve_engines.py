@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from conftest import msmall_cmd
+from helpers import http_get
 from test_serve_e2e import assert_nothing_left
 
 
@@ -177,12 +178,7 @@ def test_running_ollama_daemon_is_reused_and_left_running(engine_env, free_port:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if (
-                    httpx.get(
-                        f"http://127.0.0.1:{free_port}/", timeout=0.5, trust_env=False
-                    ).status_code
-                    == 200
-                ):
+                if http_get(f"http://127.0.0.1:{free_port}/", timeout=0.5).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.05)

@@ -15,11 +15,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from pydantic import BaseModel
 
 from conftest import SECRET_VARS
+from msmall.httpclient import new_client
 from msmall.simulator.harness import EngineProcess, simulator_argv
 from msmall.simulator.images import png_data_url, solid_png
 
@@ -156,7 +156,7 @@ def test_openai_response_model_is_the_served_name_and_model_is_optional(vllm_bas
     client = openai.OpenAI(base_url=vllm_base + "/v1", api_key="none", max_retries=0)
     alias = client.chat.completions.create(model="mistral-alias", messages=ask("hi"))
     assert alias.model == MODEL  # serving.py: models.model_name(), the first served name
-    with httpx.Client(base_url=vllm_base, trust_env=False) as http:
+    with new_client(vllm_base) as http:
         no_model = http.post("/v1/chat/completions", json={"messages": ask("Say 'yes'")})
     assert no_model.status_code == 200, no_model.text
     assert no_model.json()["choices"][0]["message"]["content"] == "yes"
@@ -505,7 +505,7 @@ def test_ollama_tools_have_ids_and_counts(ollama_client, ollama_base: str) -> No
     # ollama-python's model drops them, but the wire has toolCallId() and function.index
     # (server/routes.go ChatHandler, api/types.go ToolCall).
     body = {"model": TAG, "messages": ask("Weather in Lima?"), "tools": [WEATHER], "stream": False}
-    with httpx.Client(base_url=ollama_base, trust_env=False) as http:
+    with new_client(ollama_base) as http:
         (raw,) = http.post("/api/chat", json=body).json()["message"]["tool_calls"]
     assert re.fullmatch(r"call_[a-z0-9]{8}", raw["id"]) and raw["function"]["index"] == 0
 
@@ -656,7 +656,7 @@ def test_vllm_bench_style_completions_with_raw_http(vllm_base: str) -> None:
         "stream_options": {"include_usage": True},
     }
     with (
-        httpx.Client(base_url=vllm_base, trust_env=False) as http,
+        new_client(vllm_base) as http,
         http.stream("POST", "/v1/completions", json=body) as reply,
     ):
         assert reply.status_code == 200

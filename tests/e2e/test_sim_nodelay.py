@@ -12,9 +12,9 @@ import socket
 import statistics
 import time
 
-import httpx
 import pytest
 
+from msmall.httpclient import new_client
 from msmall.simulator import SimulatorConfig, SimulatorThread
 from msmall.simulator.server import bind_socket
 
@@ -32,7 +32,7 @@ def test_bound_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
 @pytest.mark.parametrize("flavor", ["vllm", "ollama"])
 def test_accepted_connection_has_nodelay_and_kept_alive_requests_are_fast(flavor: str) -> None:
     config = SimulatorConfig(flavor=flavor, port=0, quiet=True, pulled=True)
-    with SimulatorThread(config) as sim, httpx.Client(base_url=sim.base_url, trust_env=False) as c:
+    with SimulatorThread(config) as sim, new_client(sim.base_url) as c:
         body = {"model": MODELS[flavor], "messages": [{"role": "user", "content": "Say 'OK'"}]}
         assert c.post("/v1/chat/completions", json=body).status_code == 200
         server = sim._runner.server

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from helpers import http_get
+from msmall.httpclient import new_client
 from msmall.simulator import SimulatorConfig, SimulatorThread
 
 MODEL = "mistral-small-3.1"
@@ -34,7 +36,7 @@ def vllm() -> Iterator[httpx.Client]:
     config = SimulatorConfig(port=0, quiet=True, max_model_len=1000)
     with (
         SimulatorThread(config) as sim,
-        httpx.Client(base_url=sim.base_url, trust_env=False, timeout=10) as http,
+        new_client(sim.base_url, timeout=10) as http,
     ):
         yield http
 
@@ -44,7 +46,7 @@ def ollama() -> Iterator[httpx.Client]:
     config = SimulatorConfig(flavor="ollama", port=0, quiet=True, pulled=True)
     with (
         SimulatorThread(config) as sim,
-        httpx.Client(base_url=sim.base_url, trust_env=False, timeout=10) as http,
+        new_client(sim.base_url, timeout=10) as http,
     ):
         yield http
 
@@ -404,7 +406,7 @@ def test_completions_route(vllm: httpx.Client) -> None:
 def test_bearer_scheme_is_case_insensitive() -> None:
     # serve/middleware/authenticate.py verify_token: scheme.lower() != "bearer".
     config = SimulatorConfig(port=0, quiet=True, api_key="sk-x")
-    with SimulatorThread(config) as sim, httpx.Client(base_url=sim.base_url, trust_env=False) as h:
+    with SimulatorThread(config) as sim, new_client(sim.base_url) as h:
         for scheme in ("Bearer", "bearer", "BEARER"):
             assert (
                 h.get("/v1/models", headers={"Authorization": f"{scheme} sk-x"}).status_code == 200
@@ -510,7 +512,7 @@ def test_request_ids(vllm: httpx.Client) -> None:
     by_body = vllm.post("/v1/completions", json={"model": MODEL, "prompt": "x", "request_id": "r1"})
     assert by_body.json()["id"] == "cmpl-r1"
     config = SimulatorConfig(port=0, quiet=True, request_id_headers=True)
-    with SimulatorThread(config) as sim, httpx.Client(base_url=sim.base_url, trust_env=False) as h:
+    with SimulatorThread(config) as sim, new_client(sim.base_url) as h:
         assert h.get("/health", headers={"X-Request-Id": "mine"}).headers["x-request-id"] == "mine"
         assert len(h.get("/health").headers["x-request-id"]) == 32
 
@@ -519,7 +521,7 @@ def test_fractional_tools_as_text() -> None:
     # For issue 13's bench: "tools-as-text:0.3" answers 30% of tool-call requests with the
     # raw "[TOOL_CALLS][...]" text (vLLM without --tool-call-parser), exactly 3 in every 10.
     config = SimulatorConfig(port=0, quiet=True, fail=frozenset({"tools-as-text:0.3"}))
-    with SimulatorThread(config) as sim, httpx.Client(base_url=sim.base_url, trust_env=False) as h:
+    with SimulatorThread(config) as sim, new_client(sim.base_url) as h:
         replies = [
             h.post("/v1/chat/completions", json=chat(tools=[TOOL])).json() for _ in range(10)
         ]
@@ -801,7 +803,7 @@ def test_kv_blocks_run_out_and_the_last_admitted_is_preempted() -> None:
 
     with SimulatorThread(config) as sim:
         results = asyncio.run(run(sim.base_url))
-        metrics = httpx.get(sim.base_url + "/metrics", trust_env=False).text
+        metrics = http_get(sim.base_url + "/metrics").text
     assert [texts for _, texts in results] == [60, 60, 60]  # recomputed, nothing lost
     assert _counter(metrics, "vllm:num_preemptions_total") >= 1
     assert _counter(metrics, "vllm:kv_cache_usage_perc") == 0.0  # all blocks back

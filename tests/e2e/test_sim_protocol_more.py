@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from msmall.httpclient import new_client
 from msmall.simulator import SimulatorConfig, SimulatorThread
 
 MODEL = "mistral-small-3.1"
@@ -31,7 +32,7 @@ def vllm() -> Iterator[httpx.Client]:
     config = SimulatorConfig(port=0, quiet=True, max_model_len=4000)
     with (
         SimulatorThread(config) as sim,
-        httpx.Client(base_url=sim.base_url, trust_env=False, timeout=10) as http,
+        new_client(sim.base_url, timeout=10) as http,
     ):
         yield http
 

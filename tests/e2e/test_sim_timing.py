@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import http_get
 from msmall.simulator.harness import EngineProcess
 from test_sim_clients import MODEL, start_sim
 
@@ -81,7 +82,7 @@ def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EngineProc
 
 
 def _histogram(port: int, name: str) -> tuple[float, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+    text = http_get(f"http://127.0.0.1:{port}/metrics").text
     return _gauge(text, name + "_sum"), _gauge(text, name + "_count")
 
 
@@ -138,7 +139,7 @@ def test_over_max_num_seqs_requests_wait_and_metrics_show_it(tmp_path: Path) -> 
 
     try:
         results, during = asyncio.run(run())
-        after = httpx.get(base + "/metrics", trust_env=False).text
+        after = http_get(base + "/metrics").text
     finally:
         engine.stop()
     assert _gauge(during, "vllm:num_requests_running") == 2.0

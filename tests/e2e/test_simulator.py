@@ -22,6 +22,8 @@ import pytest
 from starlette.applications import Starlette
 
 from conftest import DATA_DIR, SECRET_VARS, SIGINT_DISPOSITIONS, pick_port, with_sigint
+from helpers import http_get
+from msmall.httpclient import new_client
 from msmall.simulator import FAIL_MODES, SimulatorConfig, SimulatorThread, build_app
 from msmall.simulator.config import ConfigError, config_from_args, parse_ollama_host
 from msmall.simulator.generation import build_arguments
@@ -85,7 +87,7 @@ def start(
 
 
 def client(port: int) -> httpx.Client:
-    return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False)
+    return new_client(f"http://127.0.0.1:{port}", timeout=10)
 
 
 def chat_body(content: object, **extra: object) -> dict:
@@ -221,7 +223,7 @@ def test_build_app_serves_in_process() -> None:
 
 def test_simulator_thread_runs_on_a_free_port() -> None:
     with SimulatorThread(SimulatorConfig(port=0, quiet=True, flavor="ollama", pulled=True)) as sim:
-        reply = httpx.get(sim.base_url + "/api/tags", trust_env=False)
+        reply = http_get(sim.base_url + "/api/tags")
         assert [m["name"] for m in reply.json()["models"]] == [TAG]
     assert sim.exit_code == 0
 
@@ -356,7 +358,7 @@ def test_openai_client_against_vllm(vllm_port: int) -> None:
         base_url=f"http://127.0.0.1:{vllm_port}/v1",
         api_key="unused",
         max_retries=0,
-        http_client=httpx.Client(trust_env=False),
+        http_client=new_client(f"http://127.0.0.1:{vllm_port}/v1"),
     )
     reply = api.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "What is 3*4?"}]
@@ -419,14 +421,14 @@ def test_api_key_guards_only_v1(keyed_port: int) -> None:
         base_url=f"http://127.0.0.1:{keyed_port}/v1",
         api_key="sk-sim-test",
         max_retries=0,
-        http_client=httpx.Client(trust_env=False),
+        http_client=new_client(f"http://127.0.0.1:{keyed_port}/v1"),
     )
     assert good.models.list().data[0].id == MODEL
     bad = openai.OpenAI(
         base_url=f"http://127.0.0.1:{keyed_port}/v1",
         api_key="nope",
         max_retries=0,
-        http_client=httpx.Client(trust_env=False),
+        http_client=new_client(f"http://127.0.0.1:{keyed_port}/v1"),
     )
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
@@ -682,7 +684,7 @@ def test_ollama_lifecycle(ollama_port: int) -> None:
             base_url=f"http://127.0.0.1:{ollama_port}/v1",
             api_key="ollama",
             max_retries=0,
-            http_client=httpx.Client(trust_env=False),
+            http_client=new_client(f"http://127.0.0.1:{ollama_port}/v1"),
         )
         reply = api.chat.completions.create(
             model=TAG, messages=[{"role": "user", "content": "What is 9-4?"}]
@@ -848,7 +850,7 @@ def test_timings_and_image_limit_in_process() -> None:
     config = SimulatorConfig(port=0, quiet=True, ttft=0.3, tpot=0.05, max_images_per_prompt=1)
     with (
         SimulatorThread(config) as sim,
-        httpx.Client(base_url=sim.base_url, trust_env=False) as http,
+        new_client(sim.base_url) as http,
     ):
         started = time.monotonic()
         body = chat_body("Say 'a b c d e'", stream=True)
@@ -872,7 +874,7 @@ def test_ollama_loads_on_first_use_in_process() -> None:
     config = SimulatorConfig(flavor="ollama", port=0, quiet=True, pulled=True, startup_delay=0.3)
     with (
         SimulatorThread(config) as sim,
-        httpx.Client(base_url=sim.base_url, trust_env=False) as http,
+        new_client(sim.base_url) as http,
     ):
         started = time.monotonic()
         http.post("/api/generate", json={"model": TAG}).raise_for_status()

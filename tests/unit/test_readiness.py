@@ -17,6 +17,7 @@ import pytest
 from helpers import ScriptedServer, models_body
 from msmall.errors import EndpointUnhealthy
 from msmall.health import probe, wait_ready
+from msmall.httpclient import new_client
 
 MODEL = "mistral-small-3.1"
 
@@ -70,7 +71,7 @@ PROBE_CASES = [
 
 
 def _client(url: str) -> httpx.Client:
-    return httpx.Client(base_url=url, timeout=5, trust_env=False)
+    return new_client(url, timeout=5)
 
 
 @pytest.mark.parametrize(

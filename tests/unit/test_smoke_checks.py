@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from helpers import ScriptedServer, chat_body, delta, models_body, sse
@@ -26,6 +25,7 @@ from msmall.health import (
     first_model,
     smoke,
 )
+from msmall.httpclient import new_client
 from msmall.simulator.images import inspect_image
 
 MODEL = "mistral-small-3.1"
@@ -80,7 +80,7 @@ def _run(server: ScriptedServer, check, reply, *args):
         return reply
 
     server.routes = {CHAT: answer}
-    with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
+    with new_client(server.url, timeout=10) as client:
         result = check(client, MODEL, *args)
     assert server.requests, "no request was sent"
     assert problems == [], f"msmall sent a request vLLM would reject: {problems}"
