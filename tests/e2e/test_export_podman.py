@@ -178,8 +178,9 @@ def _image_keys(store: Podman) -> dict[str, str | None]:
 
 def _fill_store(store: Podman, dockerd) -> None:
     """`docker save` the stand-ins from the private dockerd, `podman load` them: one archive,
-    so the layers the two images share travel once."""
-    store.run("rmi", "--all", "--force", check=False)
+    so the layers the two images share travel once. The images of the old key go after the
+    load, not before: their layers below msmall's own (the rootfs, the dependencies) are the
+    new images' too, and podman reuses a layer it holds instead of unpacking it again."""
     env = {**os.environ, "DOCKER_HOST": dockerd.docker_host}
     save = subprocess.Popen(
         ["docker", "save", *IMAGES], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
@@ -204,6 +205,8 @@ def _fill_store(store: Podman, dockerd) -> None:
             # podman names a docker archive's `repo:tag` localhost/repo:tag; the manifests use
             # the short name, which podman resolves through docker.io (registries.conf).
             store.run("tag", cli.images.get(ref).id.split(":", 1)[1], f"docker.io/{ref}")
+    # The old key's images lost their names to the new ones: dangling now.
+    store.run("image", "prune", "--force")
 
 
 @pytest.fixture(scope="module")
