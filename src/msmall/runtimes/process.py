@@ -285,10 +285,12 @@ def settled_cmdline(proc: Any, settle_s: float = EXEC_SETTLE_S) -> list[str]:
 
     The kernel closes the exec'ing process's close-on-exec fds, which is when Popen (and
     _wait_exec) return, before it sets the new program's argv: in between, /proc/PID/cmdline
-    reads empty. Measured here: 7 % of reads straight after Popen on an idle machine, 96 % beside
-    a CPU hog. A digest of that empty line made `stop` refuse msmall's own engine later, and the
-    log view miss the secrets in its argv. A live process only reads empty mid-exec (a zombie
-    or a kernel thread always does, and is not waited for long).
+    reads empty. Measured here, raw reads straight after Popen: 4-7 % in that window on an idle
+    machine, 96-99 % beside a CPU hog; through psutil.Process, which reads /proc first, about 1
+    in 300. A digest of that empty line made `stop` refuse msmall's own engine later, and the
+    log view miss the secrets in its argv. A live user process reads empty only mid-exec; a
+    zombie always does and is not waited for (a kernel thread, which msmall never records,
+    waits out the bound).
     """
     import psutil
 
