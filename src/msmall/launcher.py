@@ -33,6 +33,9 @@ from msmall.errors import (
     Interrupt,
     Interrupted,
     MsmallError,
+    forget_interrupts,
+    interrupt,
+    raise_if_interrupted,
 )
 from msmall.plan import LaunchPlan, redact_text
 from msmall.progress import NullReporter, RecordingReporter, Reporter
@@ -159,8 +162,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: object) -> None:
-        raise Interrupt
+        interrupt(signum)
 
+    forget_interrupts()
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
@@ -406,6 +410,7 @@ def _run_locked(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> 
             follower = _LogFollower(handle.log_path, engine.log_rules, reporter, secrets)
 
             def alive() -> bool:
+                raise_if_interrupted()
                 follower.pump()
                 return handle.alive()
 
@@ -447,6 +452,8 @@ def _run_locked(plan: LaunchPlan, request: ServeRequest, reporter: Reporter) -> 
                 launch_id=launch_id,
                 **handle.ids,
             )
+            # A stop signal whose raise was lost during the smoke checks still stops it here.
+            raise_if_interrupted()
             if next_step != "foreground":
                 detached_ok = next_step == "detached"
                 return result
@@ -573,6 +580,7 @@ def _wait_foreground(
     handle: Handle, follower: _LogFollower, engine: Engine, runtime: str, secrets: list
 ) -> None:
     while handle.alive():
+        raise_if_interrupted()
         follower.pump()
         time.sleep(handle.poll_s)
     handle.settle_logs()

@@ -60,12 +60,17 @@ def test_signals_at_random_moments_leave_no_orphans() -> None:
         proc = subprocess.Popen(
             msmall_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        where = f"trial {trial} (seed {SEED}): {sig.name} after {delay:.2f}s, detach={detach}"
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             proc.send_signal(sig)
-        proc.wait(timeout=60)
-        where = f"trial {trial} (seed {SEED}): {sig.name} after {delay:.2f}s, detach={detach}"
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # its engine dies with it (PR_SET_PDEATHSIG); `stop --all` below checks
+            proc.wait(timeout=10)
+            orphans.append(f"{where}: msmall still running 60 s after the signal")
         # Whatever is still alive must be visible: an engine the records do not name is an orphan.
         engines = wait_gone(port, timeout=0.5 if detach else 10.0)
         if not detach:

@@ -19,7 +19,7 @@ from msmall.cli import health as health_cmd
 from msmall.cli import profiles as profiles_cmd
 from msmall.cli import serve as serve_cmd
 from msmall.cli import simulate as simulate_cmd
-from msmall.errors import Interrupt
+from msmall.errors import interrupt
 
 app = typer.Typer(
     name="msmall",
@@ -60,7 +60,7 @@ def root(
 
 
 def _on_sigint(signum: int, frame: object) -> None:
-    raise Interrupt
+    interrupt(signum)
 
 
 def main() -> None:
