@@ -70,9 +70,9 @@ class Interrupt(KeyboardInterrupt):
 # The signals msmall's handlers have turned into an Interrupt in this process. The raise alone
 # can be lost: a handler runs wherever the main thread is when the signal lands, and if that is
 # a finalizer (a __del__, a weakref callback, run by the garbage collector at any allocation),
-# CPython prints "Exception ignored in ..." and carries on. A foreground serve hit by SIGHUP so
-# kept serving (tests/e2e/test_chaos.py, 1 trial in about 40 under load). The serve's waits
-# therefore also ask raise_if_interrupted().
+# CPython prints "Exception ignored in ..." and carries on, and the serve would keep serving
+# (tests/unit/test_lost_interrupt.py shows the drop). The serve's waits therefore also ask
+# raise_if_interrupted().
 _signalled: list[int] = []
 
 

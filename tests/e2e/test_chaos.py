@@ -16,7 +16,7 @@ import time
 
 import psutil
 
-from conftest import msmall_cmd
+from conftest import msmall_cmd, with_sigint
 
 TRIALS = int(os.environ.get("MSMALL_CHAOS_TRIALS", "8"))
 SEED = int(os.environ.get("MSMALL_CHAOS_SEED", str(int(time.time()))))
@@ -58,7 +58,7 @@ def test_signals_at_random_moments_leave_no_orphans() -> None:
         args += ["--set", 'extra_args=["--startup-delay", "0.8"]']
         args += ["--detach"] if detach else []
         proc = subprocess.Popen(
-            msmall_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            with_sigint(msmall_cmd(*args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         where = f"trial {trial} (seed {SEED}): {sig.name} after {delay:.2f}s, detach={detach}"
         try:

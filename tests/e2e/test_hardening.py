@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import msmall_cmd
+from conftest import msmall_cmd, with_sigint
 
 
 def run(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None, **kw):
@@ -345,8 +345,10 @@ DELAY = ["--set", 'extra_args=["--startup-delay", "3"]']
 
 
 def spawn(*args: str) -> subprocess.Popen:
+    # with_sigint: the signals these tests send act whatever pytest inherited (under nohup a
+    # SIGHUP would be ignored until msmall's own handler is in).
     return subprocess.Popen(
-        msmall_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        with_sigint(msmall_cmd(*args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 

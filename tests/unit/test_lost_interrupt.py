@@ -1,7 +1,6 @@
 """A stop signal whose Interrupt is raised inside a finalizer is lost (CPython reports it as
-unraisable and carries on): a foreground `msmall serve` hit by SIGHUP at that moment kept
-serving (tests/e2e/test_chaos.py caught one in CI rehearsal). msmall's handlers also note the
-signal, and the serve's waits act on the note."""
+unraisable and carries on), and a foreground `msmall serve` hit by SIGHUP at that moment would
+keep serving. msmall's handlers also note the signal, and the serve's waits act on the note."""
 
 from __future__ import annotations
 
