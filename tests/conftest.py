@@ -127,8 +127,9 @@ def fakes_on_path(monkeypatch: pytest.MonkeyPatch) -> Path:
 # Sets SIGINT's disposition and puts SIGHUP at its default, then execs the rest of argv: a
 # disposition survives exec, so the program starts the way a shell job or CI runner would start
 # it, whatever pytest inherited. SIGHUP too: under `nohup` (a CI step, a session's background
-# job) pytest and every child inherit it ignored, and a SIGHUP sent before msmall installs its
-# handler was then lost (test_chaos: "msmall still running 60 s after the signal").
+# job) pytest and every child inherit it ignored. A signal sent in the program's first
+# milliseconds can still land before this wrapper has run: test_chaos sets SIGHUP in the
+# child before exec instead.
 _WITH_SIGINT = (
     "import os, signal, sys; "
     "signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == 'ignored' else signal.SIG_DFL); "
