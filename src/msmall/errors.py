@@ -76,8 +76,9 @@ class Interrupt(KeyboardInterrupt):
 _signalled: list[int] = []
 
 
-def interrupt(signum: int) -> NoReturn:
-    """The body of msmall's signal handlers: note the signal, raise Interrupt."""
+def interrupt(signum: int, frame: object = None) -> NoReturn:
+    """msmall's signal handler (SIGINT in the CLI, SIGTERM and SIGHUP during a serve): note the
+    signal, raise Interrupt."""
     _signalled.append(signum)
     raise Interrupt
 

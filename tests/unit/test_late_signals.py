@@ -81,10 +81,10 @@ def test_a_python_handler_alone_does_not_cover_the_modules_being_freed() -> None
 # inside exec'd code here, as it did inside a lazy import's dataclass under load.
 IN_EXEC = (
     "import os, signal, sys\n"
-    "from msmall.cli.app import _on_sigint\n"
+    "from msmall.errors import interrupt\n"
     "def plain(signum, frame):\n"
     "    raise KeyboardInterrupt\n"
-    "signal.signal(signal.SIGINT, _on_sigint if sys.argv[1] == 'msmall' else plain)\n"
+    "signal.signal(signal.SIGINT, interrupt if sys.argv[1] == 'msmall' else plain)\n"
     "try:\n"
     "    exec('os.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(1000): pass')\n"
     "except KeyboardInterrupt:\n"

@@ -59,10 +59,6 @@ def root(
         os.environ["MSMALL_DEBUG"] = "1"
 
 
-def _on_sigint(signum: int, frame: object) -> None:
-    interrupt(signum)
-
-
 def main() -> None:
     # httpx's __init__ imports its own command-line client (httpx/_main.py: click, pygments,
     # rich.syntax and rich.progress) where those are installed, about 0.1 s of CPU on every
@@ -72,7 +68,7 @@ def main() -> None:
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     # Our own handler, not the inherited disposition: started as a background job of a script
     # (or by a CI runner) msmall inherits SIGINT ignored, and Ctrl-C must still stop the server.
-    signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGINT, interrupt)
     code = 130
     try:
         code = _run()
