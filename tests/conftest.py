@@ -124,24 +124,18 @@ def fakes_on_path(monkeypatch: pytest.MonkeyPatch) -> Path:
     return FAKES_DIR
 
 
-# Sets SIGINT's disposition and puts SIGHUP at its default, then execs the rest of argv: a
-# disposition survives exec, so the program starts the way a shell job or CI runner would start
-# it, whatever pytest inherited. SIGHUP too: under `nohup` (a CI step, a session's background
-# job) pytest and every child inherit it ignored. A signal sent in the program's first
-# milliseconds can still land before this wrapper has run: test_chaos sets SIGHUP in the
-# child before exec instead.
+# Sets SIGINT's disposition, then execs the rest of argv: a disposition survives exec, so the
+# program starts the way a shell job or CI runner would start it, whatever pytest inherited.
 _WITH_SIGINT = (
     "import os, signal, sys; "
     "signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == 'ignored' else signal.SIG_DFL); "
-    "signal.signal(signal.SIGHUP, signal.SIG_DFL); "
     "os.execv(sys.argv[2], sys.argv[2:])"
 )
 SIGINT_DISPOSITIONS = ("default", "ignored")
 
 
 def with_sigint(argv: list[str], disposition: str = "default") -> list[str]:
-    """argv that runs `argv` with SIGINT at its default disposition or ignored, SIGHUP at its
-    default."""
+    """argv that runs `argv` with SIGINT at its default disposition or ignored."""
     assert disposition in SIGINT_DISPOSITIONS
     return [sys.executable, "-c", _WITH_SIGINT, disposition, *argv]
 

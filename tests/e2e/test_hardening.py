@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import msmall_cmd, with_sigint
+from conftest import msmall_cmd
 
 
 def run(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None, **kw):
@@ -345,10 +345,8 @@ DELAY = ["--set", 'extra_args=["--startup-delay", "3"]']
 
 
 def spawn(*args: str) -> subprocess.Popen:
-    # with_sigint: the signals these tests send act whatever pytest inherited (under nohup a
-    # SIGHUP would be ignored until msmall's own handler is in).
     return subprocess.Popen(
-        with_sigint(msmall_cmd(*args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        msmall_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
