@@ -33,8 +33,8 @@ docker_daemon = pytest.importorskip(
 )
 
 # Docker 20.10 runs the first health check one interval after the start: 30 s in the exported
-# files. The tests shorten only that interval, with an override file beside the export (see
-# _interval_override); the check itself, its timeout, retries and start period are the export's.
+# files. The tests shorten only that interval, with an override file beside the export
+# (_write_interval_override); the check, its timeout, retries and start period are the export's.
 CHECK_INTERVAL = "1s"
 HEALTHY_WITHIN_S = 120.0
 PULLED_WITHIN_S = 60.0
@@ -53,13 +53,17 @@ def dockerd(nvidia_dockerd) -> Iterator[object]:
         nvidia_dockerd.remove_containers()
 
 
-def _interval_override(directory: Path) -> Path:
-    """A compose override that sets the health-check interval of every service that has a check
-    to CHECK_INTERVAL, and nothing else: with the export's 30 s each test waited 30 s for Docker
-    to run the first check, about a minute of the Docker worker's run, the suite's last."""
+OVERRIDE = "interval-override.yaml"
+
+
+def _write_interval_override(directory: Path, compose: str) -> None:
+    """A compose override beside the export that sets the health-check interval of every
+    service that has a check to CHECK_INTERVAL, and nothing else: with the export's 30 s each
+    test waited 30 s for Docker to run the first check, about a minute of the Docker worker's
+    run, the suite's last."""
     import yaml
 
-    services = yaml.safe_load((directory / "compose.yaml").read_text())["services"]
+    services = yaml.safe_load(compose)["services"]
     override = {
         "services": {
             name: {"healthcheck": {"interval": CHECK_INTERVAL}}
@@ -68,13 +72,11 @@ def _interval_override(directory: Path) -> Path:
         }
     }
     assert override["services"], "the export has no health check to shorten"
-    path = directory / "interval-override.yaml"
-    path.write_text(yaml.safe_dump(override))
-    return path
+    (directory / OVERRIDE).write_text(yaml.safe_dump(override))
 
 
 def _compose(directory: Path, env: dict[str, str], *args: str, timeout: float = 180) -> str:
-    files = ["-f", str(directory / "compose.yaml"), "-f", str(_interval_override(directory))]
+    files = ["-f", str(directory / "compose.yaml"), "-f", str(directory / OVERRIDE)]
     proc = subprocess.run(
         ["docker-compose", "-p", PROJECT, *files, *args],
         capture_output=True, text=True, timeout=timeout, env=env, check=False,
@@ -107,7 +109,9 @@ def _export(profile: str, port: int, out: Path, env: dict[str, str]) -> str:
         capture_output=True, text=True, timeout=120, env=env, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    return (out / "compose.yaml").read_text()
+    compose = (out / "compose.yaml").read_text()
+    _write_interval_override(out, compose)
+    return compose
 
 
 def _smoke(port: int, env: dict[str, str]) -> None:

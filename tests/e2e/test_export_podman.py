@@ -311,7 +311,6 @@ def _play_and_check_down(pm: Podman, manifest: Path, check) -> None:
 def test_k8s_plays_under_podman_probe_goes_healthy_serves_with_the_key(
     podman: Podman, tmp_path: Path, free_port: int
 ) -> None:
-
     manifest = _export_k8s("h100-bf16-vision", tmp_path / "deploy", MSMALL_API_KEY=API_KEY)
     assert API_KEY not in manifest
     play = tmp_path / "play.yaml"
